@@ -1,0 +1,42 @@
+//! Per-collector health: how long the last cycle took, and every error, counted
+//! per source. Errors are logged once per distinct message so a permanently broken
+//! file does not flood the log.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CollectorHealth {
+    pub cycles: u64,
+    pub last_duration_ms: Option<f64>,
+    /// CPU time (user + system) the collecting thread spent in the last cycle.
+    pub last_cpu_time_ms: Option<f64>,
+    pub last_run_timestamp: Option<u64>,
+    pub error_count: u64,
+    pub last_error: Option<String>,
+    pub last_error_timestamp: Option<u64>,
+    /// Errors per source (e.g. `/proc/diskstats`) since start.
+    pub errors_by_source: BTreeMap<String, u64>,
+}
+
+impl CollectorHealth {
+    pub fn record_error(&mut self, collector: &str, source: &str, message: String, timestamp: u64) {
+        if self.last_error.as_deref() == Some(message.as_str()) {
+            tracing::debug!(collector, source, "{message}");
+        } else {
+            tracing::warn!(collector, source, "{message}");
+        }
+        self.error_count += 1;
+        *self.errors_by_source.entry(source.to_owned()).or_default() += 1;
+        self.last_error = Some(message);
+        self.last_error_timestamp = Some(timestamp);
+    }
+
+    pub fn record_cycle(&mut self, wall: Duration, cpu: Option<Duration>, timestamp: u64) {
+        self.cycles += 1;
+        self.last_duration_ms = Some(wall.as_secs_f64() * 1e3);
+        self.last_cpu_time_ms = cpu.map(|cpu| cpu.as_secs_f64() * 1e3);
+        self.last_run_timestamp = Some(timestamp);
+    }
+}

@@ -1,0 +1,263 @@
+//! `/etc/horcrux/horcrux.toml`: the spec's `[monitoring]` keys plus `[server] listen`.
+//! Unknown keys and invalid values are errors that name the key and its line.
+
+use std::{
+    net::SocketAddr,
+    ops::{Range, RangeInclusive},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub const DEFAULT_PATH: &str = "/etc/horcrux/horcrux.toml";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8006";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub node_metrics_interval: Duration,
+    pub vm_metrics_interval: Duration,
+    pub enable_history: bool,
+    pub history_retention: Duration,
+    pub max_ws_clients: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8006)),
+            node_metrics_interval: Duration::from_secs(5),
+            vm_metrics_interval: Duration::from_secs(10),
+            enable_history: false,
+            history_retention: Duration::from_secs(86_400),
+            max_ws_clients: 100,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("config {path}, line {line}: `{key}` {reason}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        key: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    monitoring: Monitoring,
+    #[serde(default)]
+    server: Server,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Monitoring {
+    node_metrics_interval: Option<Spanned<u64>>,
+    vm_metrics_interval: Option<Spanned<u64>>,
+    enable_history: Option<bool>,
+    history_retention: Option<Spanned<u64>>,
+    max_ws_clients: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Server {
+    listen: Option<Spanned<String>>,
+}
+
+const INTERVAL_SECONDS: RangeInclusive<u64> = 1..=3600;
+const RETENTION_SECONDS: RangeInclusive<u64> = 60..=31 * 86_400;
+const WS_CLIENTS: RangeInclusive<u64> = 1..=100_000;
+
+impl Config {
+    /// Loads `path`. A missing file at the default path means defaults; a missing
+    /// file that was asked for explicitly is an error.
+    pub fn load(path: &Path, explicit: bool) -> Result<Self, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(&text, path),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                Ok(Self::default())
+            }
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let file: File = toml::from_str(text).map_err(|error| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: error.to_string().trim_end().to_owned(),
+        })?;
+        let invalid = |key: &str, span: Range<usize>, reason: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            line: line_of(text, span.start),
+            key: key.to_owned(),
+            reason,
+        };
+        let bounded =
+            |key: &str, value: &Option<Spanned<u64>>, range: RangeInclusive<u64>, default: u64| {
+                match value {
+                    None => Ok(default),
+                    Some(spanned) if range.contains(spanned.get_ref()) => Ok(*spanned.get_ref()),
+                    Some(spanned) => Err(invalid(
+                        key,
+                        spanned.span(),
+                        format!(
+                            "must be between {} and {} (got {})",
+                            range.start(),
+                            range.end(),
+                            spanned.get_ref()
+                        ),
+                    )),
+                }
+            };
+        let defaults = Self::default();
+        let monitoring = &file.monitoring;
+        let seconds = |key, value, range, default: Duration| {
+            bounded(key, value, range, default.as_secs()).map(Duration::from_secs)
+        };
+        Ok(Self {
+            listen: match &file.server.listen {
+                None => defaults.listen,
+                Some(spanned) => spanned.get_ref().parse().map_err(|_| {
+                    invalid(
+                        "server.listen",
+                        spanned.span(),
+                        format!("must be ADDRESS:PORT (got {:?})", spanned.get_ref()),
+                    )
+                })?,
+            },
+            node_metrics_interval: seconds(
+                "monitoring.node_metrics_interval",
+                &monitoring.node_metrics_interval,
+                INTERVAL_SECONDS,
+                defaults.node_metrics_interval,
+            )?,
+            vm_metrics_interval: seconds(
+                "monitoring.vm_metrics_interval",
+                &monitoring.vm_metrics_interval,
+                INTERVAL_SECONDS,
+                defaults.vm_metrics_interval,
+            )?,
+            enable_history: monitoring.enable_history.unwrap_or(defaults.enable_history),
+            history_retention: seconds(
+                "monitoring.history_retention",
+                &monitoring.history_retention,
+                RETENTION_SECONDS,
+                defaults.history_retention,
+            )?,
+            max_ws_clients: bounded(
+                "monitoring.max_ws_clients",
+                &monitoring.max_ws_clients,
+                WS_CLIENTS,
+                defaults.max_ws_clients as u64,
+            )? as usize,
+        })
+    }
+}
+
+/// 1-based line number of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset)
+        .map_or(1, |before| before.matches('\n').count() + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_spec_defaults() {
+        let config = parse("").expect("valid");
+        assert_eq!(config, Config::default());
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(config.node_metrics_interval, Duration::from_secs(5));
+        assert_eq!(config.vm_metrics_interval, Duration::from_secs(10));
+        assert_eq!(config.max_ws_clients, 100);
+    }
+
+    #[test]
+    fn reads_every_spec_key() {
+        let config = parse(
+            "[monitoring]\nnode_metrics_interval = 1\nvm_metrics_interval = 30\nenable_history = true\n\
+             history_retention = 3600\nmax_ws_clients = 7\n[server]\nlisten = \"0.0.0.0:9000\"\n",
+        )
+        .expect("valid");
+        assert_eq!(config.node_metrics_interval, Duration::from_secs(1));
+        assert_eq!(config.vm_metrics_interval, Duration::from_secs(30));
+        assert!(config.enable_history);
+        assert_eq!(config.history_retention, Duration::from_secs(3600));
+        assert_eq!(config.max_ws_clients, 7);
+        assert_eq!(config.listen.port(), 9000);
+    }
+
+    #[test]
+    fn invalid_value_names_key_and_line() {
+        let error = parse("[monitoring]\n\nnode_metrics_interval = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("line 3"), "{error}");
+        assert!(
+            error.contains("monitoring.node_metrics_interval"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let error = parse("[monitoring]\nnode_metrics_interval = 5\nnode_interval = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("node_interval"), "{error}");
+        assert!(error.contains("line 3"), "{error}");
+    }
+
+    #[test]
+    fn wrong_type_and_bad_listen_are_errors() {
+        let error = parse("[monitoring]\nmax_ws_clients = \"many\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("line 2") && error.contains("max_ws_clients"),
+            "{error}"
+        );
+        let error = parse("[server]\nlisten = \"localhost\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("server.listen") && error.contains("line 2"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn missing_default_file_means_defaults_but_explicit_one_is_an_error() {
+        let missing = Path::new("/nonexistent/horcrux.toml");
+        assert_eq!(
+            Config::load(missing, false).expect("defaults"),
+            Config::default()
+        );
+        assert!(Config::load(missing, true).is_err());
+    }
+}

@@ -1,0 +1,78 @@
+//! REST handlers.
+
+use std::sync::{Arc, atomic::Ordering};
+
+use axum::{
+    Json,
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde_json::json;
+
+use super::{ApiError, AppState};
+use crate::{collector, ebpf::ProgramState};
+
+/// `GET /api/monitoring/node/metrics`: the latest node snapshot, pre-serialized.
+pub async fn node_metrics(State(state): State<Arc<AppState>>) -> Response {
+    let latest = state.snapshots.borrow().clone();
+    match latest {
+        Some(snapshot) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            snapshot.node_json.as_str().to_owned(),
+        )
+            .into_response(),
+        None => no_sample_yet().into_response(),
+    }
+}
+
+/// `GET /api/status`: agent identity, cgroup mode, eBPF programs, collector health.
+pub async fn status(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let latest = state.snapshots.borrow().clone();
+    let (node_health, programs) = match &latest {
+        Some(snapshot) => (json!(snapshot.node_health), json!(snapshot.ebpf)),
+        None => (serde_json::Value::Null, json!([])),
+    };
+    let attached = latest.as_ref().map_or(0, |snapshot| {
+        snapshot
+            .ebpf
+            .iter()
+            .filter(|program| program.state == ProgramState::Attached)
+            .count()
+    });
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "hostname": collector::hostname(),
+        "uptime_seconds": state.started.elapsed().as_secs(),
+        "timestamp": collector::unix_seconds(),
+        "cgroup_mode": state.cgroup_mode,
+        "ebpf": {
+            "embedded": state.ebpf_embedded,
+            "attached_programs": attached,
+            "programs": programs,
+        },
+        "collectors": { "node": node_health },
+        "config": {
+            "node_metrics_interval": state.config.node_metrics_interval.as_secs(),
+            "vm_metrics_interval": state.config.vm_metrics_interval.as_secs(),
+            "enable_history": state.config.enable_history,
+            "history_retention": state.config.history_retention.as_secs(),
+            "max_ws_clients": state.config.max_ws_clients,
+        },
+        "websocket": {
+            "clients": state.ws_clients.load(Ordering::Relaxed),
+            "max_clients": state.config.max_ws_clients,
+        },
+    }))
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, "no such endpoint".into())
+}
+
+fn no_sample_yet() -> ApiError {
+    ApiError(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no sample collected yet; retry after the first collection cycle".into(),
+    )
+}

@@ -1,0 +1,77 @@
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::Parser;
+use horcrux_agent::config::{self, Config};
+
+/// eBPF-assisted kernel metrics agent: node, container and eBPF metrics over REST,
+/// WebSocket and Prometheus.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Config file (TOML). A missing file at the default path means defaults.
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Address and port to serve on [default: 127.0.0.1:8006]; overrides `[server] listen`.
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Option<SocketAddr>,
+    /// Seconds between node collections; overrides `monitoring.node_metrics_interval`.
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    node_metrics_interval: Option<u64>,
+    /// Seconds between container/VM collections; overrides `monitoring.vm_metrics_interval`.
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    vm_metrics_interval: Option<u64>,
+    /// Maximum concurrent WebSocket clients; overrides `monitoring.max_ws_clients`.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    max_ws_clients: Option<u64>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args = Args::parse();
+    let config_path = args
+        .config
+        .clone()
+        .unwrap_or_else(|| config::DEFAULT_PATH.into());
+    let mut config = match Config::load(&config_path, args.config.is_some()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("horcrux-agent: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(seconds) = args.node_metrics_interval {
+        config.node_metrics_interval = Duration::from_secs(seconds);
+    }
+    if let Some(seconds) = args.vm_metrics_interval {
+        config.vm_metrics_interval = Duration::from_secs(seconds);
+    }
+    if let Some(clients) = args.max_ws_clients {
+        config.max_ws_clients = clients as usize;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("horcrux-agent: starting the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(horcrux_agent::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("horcrux-agent: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

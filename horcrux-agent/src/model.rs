@@ -1,0 +1,226 @@
+//! The metric model: what one node collection publishes. Serialized as the JSON of
+//! `GET /api/monitoring/node/metrics`; the first seven fields are the spec's contract,
+//! the rest is detail. `null` means "not measured" (first sample, source failed).
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeMetrics {
+    /// Busy CPU % over all CPUs since the previous sample (0 on the first sample, per the spec).
+    pub cpu_usage: f64,
+    /// (total − free − buffers − cache) / total × 100.
+    pub memory_usage: f64,
+    /// Root filesystem usage % as `df` computes it: used / (used + available).
+    pub disk_usage: f64,
+    pub load_average_1m: f64,
+    pub load_average_5m: f64,
+    pub load_average_15m: f64,
+    /// Unix seconds when the sample was taken.
+    pub timestamp: u64,
+    pub hostname: String,
+    pub cpu: Option<CpuMetrics>,
+    pub processes: Option<ProcessMetrics>,
+    pub memory: Option<MemoryMetrics>,
+    pub load: Option<LoadMetrics>,
+    pub disks: Option<Vec<DiskMetrics>>,
+    pub network: Option<Vec<NetworkMetrics>>,
+    pub filesystems: Option<Vec<FilesystemMetrics>>,
+}
+
+/// One value per CPU mode (the eight that partition CPU time).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct CpuModes {
+    pub user: f64,
+    pub nice: f64,
+    pub system: f64,
+    pub idle: f64,
+    pub iowait: f64,
+    pub irq: f64,
+    pub softirq: f64,
+    pub steal: f64,
+}
+
+impl CpuModes {
+    pub fn from_array([user, nice, system, idle, iowait, irq, softirq, steal]: [f64; 8]) -> Self {
+        Self {
+            user,
+            nice,
+            system,
+            idle,
+            iowait,
+            irq,
+            softirq,
+            steal,
+        }
+    }
+
+    /// Busy share when the values are percentages: everything but idle and iowait.
+    pub fn busy(&self) -> f64 {
+        (100.0 - self.idle - self.iowait).clamp(0.0, 100.0)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CpuMetrics {
+    /// Busy % across all CPUs (`null` on the first sample).
+    pub usage_percent: Option<f64>,
+    /// % of time per mode since the previous sample.
+    pub modes_percent: Option<CpuModes>,
+    /// Cumulative seconds per mode since boot.
+    pub seconds_total: CpuModes,
+    /// Guest time (already inside user), seconds since boot.
+    pub guest_seconds_total: f64,
+    pub per_cpu: Vec<PerCpuMetrics>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PerCpuMetrics {
+    pub cpu: u32,
+    pub usage_percent: Option<f64>,
+    pub modes_percent: Option<CpuModes>,
+    pub seconds_total: CpuModes,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessMetrics {
+    pub context_switches_total: u64,
+    pub context_switches_per_second: Option<f64>,
+    pub forks_total: u64,
+    pub forks_per_second: Option<f64>,
+    pub procs_running: u64,
+    pub procs_blocked: u64,
+    pub boot_time: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MemoryMetrics {
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+    pub available_bytes: u64,
+    pub buffers_bytes: u64,
+    /// `Cached + SReclaimable`, as procps `free` reports "cache".
+    pub cached_bytes: u64,
+    pub shared_bytes: u64,
+    pub used_bytes: u64,
+    pub usage_percent: f64,
+    pub swap_total_bytes: u64,
+    pub swap_free_bytes: u64,
+    pub swap_used_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadMetrics {
+    pub load_average_1m: f64,
+    pub load_average_5m: f64,
+    pub load_average_15m: f64,
+    pub running_tasks: u64,
+    pub total_tasks: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiskKind {
+    Disk,
+    Partition,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskMetrics {
+    pub device: String,
+    pub major: u32,
+    pub minor: u32,
+    pub kind: DiskKind,
+    pub read_bytes_total: u64,
+    pub write_bytes_total: u64,
+    pub discard_bytes_total: u64,
+    pub reads_total: u64,
+    pub writes_total: u64,
+    pub discards_total: u64,
+    pub flushes_total: u64,
+    pub read_time_ms_total: u64,
+    pub write_time_ms_total: u64,
+    pub io_time_ms_total: u64,
+    pub in_flight: u64,
+    pub rates: Option<DiskRates>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskRates {
+    pub read_bytes_per_second: f64,
+    pub write_bytes_per_second: f64,
+    pub reads_per_second: f64,
+    pub writes_per_second: f64,
+    /// Share of wall time the device had I/O in flight (iostat's %util).
+    pub utilization_percent: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NetworkMetrics {
+    pub interface: String,
+    pub rx_bytes_total: u64,
+    pub rx_packets_total: u64,
+    pub rx_errors_total: u64,
+    pub rx_dropped_total: u64,
+    pub tx_bytes_total: u64,
+    pub tx_packets_total: u64,
+    pub tx_errors_total: u64,
+    pub tx_dropped_total: u64,
+    pub rates: Option<NetworkRates>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NetworkRates {
+    pub rx_bytes_per_second: f64,
+    pub rx_packets_per_second: f64,
+    pub rx_errors_per_second: f64,
+    pub rx_dropped_per_second: f64,
+    pub tx_bytes_per_second: f64,
+    pub tx_packets_per_second: f64,
+    pub tx_errors_per_second: f64,
+    pub tx_dropped_per_second: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FilesystemMetrics {
+    pub mount_point: String,
+    pub device: String,
+    pub fs_type: String,
+    pub size_bytes: u64,
+    pub used_bytes: u64,
+    pub available_bytes: u64,
+    pub usage_percent: f64,
+    pub inodes_total: u64,
+    pub inodes_used: u64,
+    pub inodes_free: u64,
+}
+
+/// The spec's `NodeMetrics` WebSocket message.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeMetricsMessage<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub node_id: &'a str,
+    pub cpu_usage: f64,
+    pub memory_usage: f64,
+    pub disk_usage: f64,
+    pub load_averages: [f64; 3],
+    pub timestamp: u64,
+}
+
+impl<'a> From<&'a NodeMetrics> for NodeMetricsMessage<'a> {
+    fn from(node: &'a NodeMetrics) -> Self {
+        Self {
+            kind: "NodeMetrics",
+            node_id: &node.hostname,
+            cpu_usage: node.cpu_usage,
+            memory_usage: node.memory_usage,
+            disk_usage: node.disk_usage,
+            load_averages: [
+                node.load_average_1m,
+                node.load_average_5m,
+                node.load_average_15m,
+            ],
+            timestamp: node.timestamp,
+        }
+    }
+}
