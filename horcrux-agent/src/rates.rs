@@ -66,13 +66,17 @@ impl<K: Eq + Hash, const N: usize> RateTracker<K, N> {
     /// Records `counters` for `key` in the current sample and returns the deltas
     /// since the previous sample, if `key` was in it.
     pub fn observe(&mut self, key: K, counters: [u64; N]) -> Option<Deltas<N>> {
-        let elapsed = self.current_at?.checked_duration_since(self.previous_at?)?;
-        let deltas = self.previous.get(&key).and_then(|previous| {
-            (!elapsed.is_zero()).then(|| Deltas {
+        let elapsed = self
+            .current_at
+            .zip(self.previous_at)
+            .and_then(|(current, previous)| current.checked_duration_since(previous))
+            .filter(|elapsed| !elapsed.is_zero());
+        let deltas = elapsed
+            .zip(self.previous.get(&key))
+            .map(|(elapsed, previous)| Deltas {
                 values: std::array::from_fn(|i| self.delta(previous[i], counters[i])),
                 elapsed,
-            })
-        });
+            });
         self.current.insert(key, counters);
         deltas
     }

@@ -1,1 +1,266 @@
-fn main() {}
+//! Developer tasks: `cargo xtask <setup|build-ebpf|build|run|test|bench>`.
+//!
+//! `setup` makes a fresh machine able to build and test Horcrux: the nightly
+//! toolchain's `rust-src`, `bpf-linker` built against that toolchain's own libLLVM,
+//! and the Debian packages the tests compare against. Every step checks first, so
+//! running it again costs a few seconds.
+
+use std::{
+    env,
+    ffi::OsString,
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Reference tools used by the tests: `free` (procps), `ip` (iproute2), `df` (coreutils).
+const TEST_PACKAGES: &[&str] = &["procps", "iproute2", "coreutils"];
+
+type Result<T = ()> = std::result::Result<T, String>;
+
+fn main() -> ExitCode {
+    let mut args = env::args().skip(1);
+    let task = args.next().unwrap_or_default();
+    let rest: Vec<String> = args.collect();
+    let outcome = match task.as_str() {
+        "setup" => setup(),
+        "build-ebpf" => setup().and_then(|()| build_ebpf()),
+        "build" => setup().and_then(|()| cargo(&["build", "--release", "-p", "horcrux-agent"])),
+        "run" => setup().and_then(|()| run(&rest)),
+        "test" => setup().and_then(|()| test(&rest)),
+        "bench" => setup().and_then(|()| cargo(&["bench", "-p", "horcrux-agent"])),
+        _ => Err(usage()),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask {task}: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage() -> String {
+    "usage: cargo xtask <task>\n\
+     \x20 setup        install rust-src (nightly), bpf-linker and test packages (idempotent)\n\
+     \x20 build-ebpf   build the eBPF programs\n\
+     \x20 build        build the agent (release), eBPF programs embedded\n\
+     \x20 run [-- ARGS] build and run the agent as root (via sudo when not root)\n\
+     \x20 test         formatting, clippy and every test (unit, fixture, live, end-to-end, eBPF)\n\
+     \x20 bench        collection-cycle benchmark"
+        .into()
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+fn status(command: &mut Command) -> Result {
+    let shown = format!("{command:?}");
+    eprintln!("xtask: running {shown}");
+    match command.status() {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(format!("{shown} failed with {status}")),
+        Err(error) => Err(format!("{shown} could not start: {error}")),
+    }
+}
+
+fn succeeds(command: &mut Command) -> bool {
+    command.output().is_ok_and(|output| output.status.success())
+}
+
+fn stdout_of(command: &mut Command) -> Result<String> {
+    let output = command
+        .output()
+        .map_err(|error| format!("{command:?} could not start: {error}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "{command:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn cargo_binary() -> OsString {
+    env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
+
+fn cargo(args: &[&str]) -> Result {
+    status(
+        Command::new(cargo_binary())
+            .args(args)
+            .current_dir(workspace_root()),
+    )
+}
+
+fn nightly(tool: &str) -> Command {
+    let mut command = Command::new("rustup");
+    command.args(["run", "nightly", tool]);
+    command
+}
+
+fn setup() -> Result {
+    ensure_nightly()?;
+    ensure_bpf_linker()?;
+    ensure_packages()
+}
+
+fn ensure_nightly() -> Result {
+    if !succeeds(nightly("rustc").arg("--version")) {
+        status(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    let installed = stdout_of(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))?;
+    if !installed.lines().any(|line| line.starts_with("rust-src")) {
+        status(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    Ok(())
+}
+
+/// bpf-linker links against the nightly toolchain's own libLLVM, so the LLVM it
+/// uses always matches the rustc that emits the bitcode.
+fn ensure_bpf_linker() -> Result {
+    let version = nightly("bpf-linker").arg("--version").output();
+    if version.is_ok_and(|out| {
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains(BPF_LINKER_VERSION)
+    }) {
+        return Ok(());
+    }
+    let sysroot = stdout_of(nightly("rustc").args(["--print", "sysroot"]))?;
+    let lib_dir = Path::new(sysroot.trim()).join("lib");
+    let (library, major) = fs::read_dir(&lib_dir)
+        .map_err(|error| format!("reading {}: {error}", lib_dir.display()))?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .find_map(|path| {
+            // libLLVM.so.<major>.<minor>-rust-<version>
+            let name = path.file_name()?.to_str()?;
+            let major = name
+                .strip_prefix("libLLVM.so.")?
+                .split(['.', '-'])
+                .next()?
+                .parse::<u32>()
+                .ok()?;
+            Some((path.clone(), major))
+        })
+        .ok_or_else(|| format!("no libLLVM.so.<version> in {}", lib_dir.display()))?;
+    let prefix = workspace_root().join("target/llvm-prefix");
+    let link = prefix.join("lib/libLLVM.so");
+    fs::create_dir_all(prefix.join("lib"))
+        .map_err(|error| format!("creating {}: {error}", prefix.display()))?;
+    let _ = fs::remove_file(&link);
+    std::os::unix::fs::symlink(&library, &link)
+        .map_err(|error| format!("linking {}: {error}", link.display()))?;
+    status(
+        Command::new(cargo_binary())
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--force",
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{major}"),
+            ])
+            .env("LLVM_PREFIX", &prefix),
+    )
+}
+
+fn ensure_packages() -> Result {
+    let missing: Vec<&str> = TEST_PACKAGES
+        .iter()
+        .copied()
+        .filter(|package| {
+            !stdout_of(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+                .is_ok_and(|state| state.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        return Err(format!(
+            "missing Debian packages {missing:?}: run `sudo cargo xtask setup` or install them"
+        ));
+    }
+    status(Command::new("apt-get").arg("update").arg("-q"))?;
+    status(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn is_root() -> bool {
+    fs::read_to_string("/proc/self/status").is_ok_and(|text| {
+        text.lines()
+            .find_map(|line| line.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().nth(1))
+            == Some("0")
+    })
+}
+
+fn build_ebpf() -> Result {
+    status(
+        nightly("cargo")
+            .args(["build", "--release"])
+            .current_dir(workspace_root().join("horcrux-ebpf"))
+            .env_remove("RUSTUP_TOOLCHAIN"),
+    )?;
+    eprintln!("xtask: eBPF object at horcrux-ebpf/target/bpfel-unknown-none/release/horcrux-ebpf");
+    Ok(())
+}
+
+fn run(args: &[String]) -> Result {
+    cargo(&["build", "--release", "-p", "horcrux-agent"])?;
+    let binary = workspace_root().join("target/release/horcrux-agent");
+    let agent_args = args.strip_prefix(&["--".to_owned()]).unwrap_or(args);
+    let mut command = if is_root() {
+        Command::new(&binary)
+    } else {
+        // Loading eBPF programs and reading every cgroup need root.
+        let mut sudo = Command::new("sudo");
+        sudo.arg(&binary);
+        sudo
+    };
+    status(command.args(agent_args))
+}
+
+fn test(args: &[String]) -> Result {
+    cargo(&["fmt", "--all", "--", "--check"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    let mut test = vec!["test", "--workspace"];
+    test.extend(args.iter().map(String::as_str));
+    cargo(&test)
+}
