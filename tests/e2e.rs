@@ -1,1 +1,296 @@
+//! End-to-end: the real agent binary on an ephemeral port with a 1 s interval,
+//! read over REST and WebSocket the way a user would.
 
+mod common;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use common::Agent;
+use futures_util::StreamExt;
+use serde_json::Value;
+use tokio_tungstenite::{connect_async, tungstenite::Message};
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn next_node_metrics(socket: &mut Socket) -> Value {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("a message within 10 s")
+            .expect("stream open")
+            .expect("valid frame");
+        if let Message::Text(text) = message {
+            let value: Value = serde_json::from_str(&text).expect("JSON message");
+            if value["type"] == "NodeMetrics" {
+                return value;
+            }
+        }
+    }
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .expect("hostname")
+        .into_string()
+        .expect("UTF-8")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn node_metrics_endpoint_has_the_spec_fields_and_detail() {
+    let agent = Agent::start("");
+    agent.wait_for_cycles(2).await;
+    let (status, metrics) = agent.get("/api/monitoring/node/metrics").await;
+    assert_eq!(status, 200);
+    for field in [
+        "cpu_usage",
+        "memory_usage",
+        "disk_usage",
+        "load_average_1m",
+        "load_average_5m",
+        "load_average_15m",
+    ] {
+        let value = metrics[field]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{field} is a number: {metrics}"));
+        assert!(value >= 0.0, "{field} = {value}");
+    }
+    for percent in ["cpu_usage", "memory_usage", "disk_usage"] {
+        assert!(metrics[percent].as_f64() <= Some(100.0), "{percent}");
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let timestamp = metrics["timestamp"]
+        .as_u64()
+        .expect("timestamp in Unix seconds");
+    assert!(
+        now.abs_diff(timestamp) <= 5,
+        "timestamp {timestamp} vs now {now}"
+    );
+    assert_eq!(metrics["hostname"], hostname());
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    assert_eq!(
+        metrics["cpu"]["per_cpu"].as_array().map(Vec::len),
+        Some(cpus)
+    );
+    assert!(
+        metrics["cpu"]["usage_percent"].is_number(),
+        "second sample has a CPU rate"
+    );
+    assert!(metrics["memory"]["total_bytes"].as_u64() > Some(0));
+    assert!(
+        metrics["network"]
+            .as_array()
+            .is_some_and(|nets| nets.iter().any(|net| net["interface"] == "lo"))
+    );
+    assert!(
+        metrics["disks"]
+            .as_array()
+            .is_some_and(|disks| !disks.is_empty())
+    );
+    assert!(
+        metrics["filesystems"]
+            .as_array()
+            .is_some_and(|filesystems| filesystems.iter().any(|fs| fs["mount_point"] == "/"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_reports_identity_health_and_ebpf() {
+    let agent = Agent::start("");
+    let status = agent.wait_for_cycles(1).await;
+    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(status["hostname"], hostname());
+    assert!(
+        ["v1", "v2", "hybrid", "none"].contains(&status["cgroup_mode"].as_str().expect("mode"))
+    );
+    let node = &status["collectors"]["node"];
+    assert!(node["last_duration_ms"].as_f64() > Some(0.0));
+    assert_eq!(node["error_count"], 0, "{node}");
+    let programs = status["ebpf"]["programs"].as_array().expect("program list");
+    assert!(!programs.is_empty());
+    for program in programs {
+        // Whatever the state, a program that is not attached says why.
+        if program["state"] != "attached" {
+            assert!(
+                program["error"]
+                    .as_str()
+                    .is_some_and(|error| !error.is_empty()),
+                "{program}"
+            );
+        }
+    }
+    let (code, body) = agent.get("/api/no/such/thing").await;
+    assert_eq!(code, 404);
+    assert!(body["error"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_streams_node_metrics_and_cpu_usage_rises_under_load() {
+    let agent = Agent::start("");
+    agent.wait_for_cycles(2).await;
+    let (mut socket, _) = connect_async(agent.ws_url())
+        .await
+        .expect("WebSocket connects");
+    let first = next_node_metrics(&mut socket).await;
+    let second = next_node_metrics(&mut socket).await;
+    for message in [&first, &second] {
+        assert_eq!(message["node_id"], hostname());
+        assert_eq!(message["load_averages"].as_array().map(Vec::len), Some(3));
+        for field in ["cpu_usage", "memory_usage", "disk_usage"] {
+            assert!(message[field].is_number(), "{field}: {message}");
+        }
+    }
+    assert!(
+        second["timestamp"].as_u64() > first["timestamp"].as_u64(),
+        "a new sample each second"
+    );
+
+    // Keep every CPU busy; the agent must see it within a few samples.
+    let stop = Arc::new(AtomicBool::new(false));
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let burners: Vec<_> = (0..cpus)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut highest = 0.0_f64;
+    while Instant::now() < deadline && highest < 80.0 {
+        highest = highest.max(
+            next_node_metrics(&mut socket).await["cpu_usage"]
+                .as_f64()
+                .unwrap_or(0.0),
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    for burner in burners {
+        burner.join().expect("burner thread");
+    }
+    assert!(
+        highest >= 80.0,
+        "cpu_usage peaked at {highest}% with all CPUs busy"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn extra_websocket_clients_are_refused_with_503() {
+    let agent = Agent::start("[monitoring]\nmax_ws_clients = 2\n");
+    agent.wait_for_cycles(1).await;
+    let (mut first, _) = connect_async(agent.ws_url()).await.expect("client 1");
+    let (_second, _) = connect_async(agent.ws_url()).await.expect("client 2");
+    match connect_async(agent.ws_url()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 503);
+        }
+        other => panic!("third client should be refused, got {other:?}"),
+    }
+    let (_, status) = agent.get("/api/status").await;
+    assert_eq!(status["websocket"]["clients"], 2);
+    assert_eq!(status["websocket"]["max_clients"], 2);
+    // A client that leaves frees its place.
+    first.close(None).await.expect("close");
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if connect_async(agent.ws_url()).await.is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "place not freed after a client left"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_never_reads_does_not_delay_collection_or_others() {
+    let agent = Agent::start("");
+    agent.wait_for_cycles(1).await;
+    // Connects, then never reads. (At one small message a second it cannot fill a
+    // loopback socket buffer within a test; the collector only ever does a
+    // non-blocking broadcast send, which is what keeps a full buffer harmless.)
+    let (_idle, _) = connect_async(agent.ws_url()).await.expect("idle client");
+    let (mut reader, _) = connect_async(agent.ws_url()).await.expect("reader");
+    let before = agent.wait_for_cycles(1).await["collectors"]["node"]["cycles"]
+        .as_u64()
+        .unwrap_or(0);
+    let mut timestamps = Vec::new();
+    for _ in 0..4 {
+        timestamps.push(
+            next_node_metrics(&mut reader).await["timestamp"]
+                .as_u64()
+                .unwrap_or(0),
+        );
+    }
+    let after = agent.wait_for_cycles(before + 3).await["collectors"]["node"]["cycles"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(after >= before + 3, "collection kept its 1 s schedule");
+    assert!(timestamps.windows(2).all(|pair| pair[1] >= pair[0]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn terminates_cleanly_on_sigterm() {
+    let mut agent = Agent::start("");
+    agent.wait_for_cycles(1).await;
+    assert!(agent.terminate(), "exit status 0 after SIGTERM");
+}
+
+#[test]
+fn bad_config_stops_start_up_naming_key_and_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cases = [
+        (
+            "[monitoring]\nnode_metrics_interval = 0\n",
+            "monitoring.node_metrics_interval",
+            "line 2",
+        ),
+        (
+            "[monitoring]\n\nvm_interval = 10\n",
+            "vm_interval",
+            "line 3",
+        ),
+        (
+            "[monitoring]\nenable_history = \"yes\"\n",
+            "enable_history",
+            "line 2",
+        ),
+    ];
+    for (text, key, line) in cases {
+        let path = dir.path().join("horcrux.toml");
+        std::fs::write(&path, text).expect("write config");
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_horcrux-agent"))
+            .arg("--config")
+            .arg(&path)
+            .args(["--listen", "127.0.0.1:0"])
+            .output()
+            .expect("run agent");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains(key) && stderr.contains(line),
+            "{key} / {line} not in: {stderr}"
+        );
+    }
+    let missing = std::process::Command::new(env!("CARGO_BIN_EXE_horcrux-agent"))
+        .args(["--config", "/nonexistent/horcrux.toml"])
+        .output()
+        .expect("run agent");
+    assert_eq!(missing.status.code(), Some(2));
+}

@@ -1,0 +1,104 @@
+//! Runs the real `horcrux-agent` binary on an ephemeral loopback port.
+// Each test binary includes this module and uses a different subset of it.
+#![allow(dead_code)]
+
+use std::{
+    io::Write,
+    net::{SocketAddr, TcpListener},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub struct Agent {
+    child: Child,
+    pub addr: SocketAddr,
+    _config: tempfile::NamedTempFile,
+}
+
+impl Agent {
+    /// Starts the agent with `config` as its config file and a 1 s node interval.
+    pub fn start(config: &str) -> Agent {
+        let mut file = tempfile::NamedTempFile::new().expect("temp config");
+        file.write_all(config.as_bytes()).expect("write config");
+        let addr = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_horcrux-agent"))
+            .arg("--config")
+            .arg(file.path())
+            .args([
+                "--listen",
+                &addr.to_string(),
+                "--node-metrics-interval",
+                "1",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start horcrux-agent");
+        Agent {
+            child,
+            addr,
+            _config: file,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = reqwest::get(self.url(path)).await.expect("HTTP request");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("JSON body"))
+    }
+
+    /// Waits until the agent has published `cycles` node collections.
+    pub async fn wait_for_cycles(&self, cycles: u64) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(response) = reqwest::get(self.url("/api/status")).await
+                && let Ok(status) = response.json::<Value>().await
+                && status["collectors"]["node"]["cycles"].as_u64() >= Some(cycles)
+            {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent at {} never became ready",
+                self.addr
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Sends SIGTERM and returns whether the agent exited cleanly within 10 s.
+    pub fn terminate(&mut self) -> bool {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind ephemeral port");
+    listener.local_addr().expect("local addr")
+}
