@@ -1,1 +1,157 @@
-fn main() {}
+//! Collection-cost benchmark (`cargo bench -p horcrux-agent`, or `cargo xtask bench`).
+//!
+//! 1. In process: CPU time of one node collection cycle on this machine's `/proc`.
+//! 2. The real agent binary at a 1 s interval: CPU per second (= per cycle) and RSS.
+//! 3. prometheus-node-exporter, when installed, measured the same way in the same
+//!    run: CPU per scrape and RSS, and the ratio to ours.
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use horcrux_agent::collector::node::{NodeCollector, NodeSources};
+
+const CYCLES: u32 = 500;
+const SETTLE: Duration = Duration::from_secs(3);
+const WINDOW: Duration = Duration::from_secs(10);
+const NODE_EXPORTER: &str = "/usr/bin/prometheus-node-exporter";
+
+fn thread_cpu() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(Duration::from)
+        .unwrap_or_default()
+}
+
+/// CPU time of every thread of a process, in nanoseconds (`/proc/<pid>/task/*/schedstat`:
+/// the first field is time on CPU; `/proc/<pid>/stat` only has 10 ms ticks).
+fn process_cpu(pid: u32) -> Duration {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten();
+    let nanos: u64 = tasks
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|text| text.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(nanos)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("ephemeral port")
+}
+
+fn http_get(port: u16, path: &str) -> usize {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return 0;
+    };
+    let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    let mut body = Vec::new();
+    if stream.write_all(request.as_bytes()).is_ok() {
+        let _ = stream.read_to_end(&mut body);
+    }
+    body.len()
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn in_process() {
+    let mut collector = NodeCollector::new(NodeSources::default());
+    collector.collect("bench".into(), 0);
+    let (cpu_start, wall_start) = (thread_cpu(), Instant::now());
+    for _ in 0..CYCLES {
+        std::hint::black_box(collector.collect("bench".into(), 0));
+    }
+    let cpu = (thread_cpu() - cpu_start) / CYCLES;
+    let wall = wall_start.elapsed() / CYCLES;
+    println!(
+        "node collection cycle (in process, {CYCLES} cycles): CPU {cpu:.1?}/cycle, wall {wall:.1?}/cycle"
+    );
+}
+
+fn agent() -> Duration {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_horcrux-agent"))
+        .args([
+            "--config",
+            "/dev/null",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args(["--node-metrics-interval", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start horcrux-agent");
+    let agent = Killed(child);
+    let pid = agent.0.id();
+    std::thread::sleep(SETTLE);
+    let start = process_cpu(pid);
+    std::thread::sleep(WINDOW);
+    let per_cycle = (process_cpu(pid) - start) / WINDOW.as_secs() as u32;
+    println!(
+        "horcrux-agent (1 s interval, eBPF attached if root): CPU {per_cycle:.2?}/cycle, RSS {} MiB",
+        rss_kib(pid) as f64 / 1024.0
+    );
+    per_cycle
+}
+
+fn node_exporter(ours: Duration) {
+    if !std::path::Path::new(NODE_EXPORTER).exists() {
+        println!("prometheus-node-exporter not installed: no side-by-side figures");
+        return;
+    }
+    let port = free_port();
+    let child = Command::new(NODE_EXPORTER)
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start node exporter");
+    let exporter = Killed(child);
+    let pid = exporter.0.id();
+    std::thread::sleep(SETTLE);
+    http_get(port, "/metrics");
+    let scrapes = 20;
+    let start = process_cpu(pid);
+    for _ in 0..scrapes {
+        http_get(port, "/metrics");
+    }
+    let per_scrape = (process_cpu(pid) - start) / scrapes;
+    println!(
+        "prometheus-node-exporter (default collectors): CPU {per_scrape:.2?}/scrape, RSS {} MiB; ours/theirs CPU ratio {:.2}",
+        rss_kib(pid) as f64 / 1024.0,
+        ours.as_secs_f64() / per_scrape.as_secs_f64().max(1e-9)
+    );
+}
+
+fn main() {
+    // `cargo test --benches` runs this with --bench absent; only measure on `cargo bench`.
+    if !std::env::args().any(|arg| arg == "--bench") {
+        return;
+    }
+    in_process();
+    let ours = agent();
+    node_exporter(ours);
+}

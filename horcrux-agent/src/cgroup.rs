@@ -73,8 +73,8 @@ mod tests {
         let v2 = mount("cgroup2", "rw,nsdelegate");
         let memory = mount("cgroup", "rw,memory");
         let systemd_only = mount("cgroup", "rw,xattr,name=systemd");
-        assert_eq!(detect_mode(&[v2.clone()]), CgroupMode::V2);
-        assert_eq!(detect_mode(&[memory.clone()]), CgroupMode::V1);
+        assert_eq!(detect_mode(std::slice::from_ref(&v2)), CgroupMode::V2);
+        assert_eq!(detect_mode(std::slice::from_ref(&memory)), CgroupMode::V1);
         assert_eq!(detect_mode(&[memory, v2.clone()]), CgroupMode::Hybrid);
         assert_eq!(detect_mode(&[systemd_only, v2]), CgroupMode::V2);
         assert_eq!(detect_mode(&[]), CgroupMode::None);

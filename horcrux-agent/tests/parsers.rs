@@ -10,6 +10,17 @@ use horcrux_agent::{
     procfs::{ParseError, diskstats, loadavg, meminfo, mountinfo, netdev, stat},
 };
 
+/// Every `/proc` parser, by the file it reads, with its value discarded.
+type Parser = fn(&str) -> Result<(), ParseError>;
+const PARSERS: [(&str, Parser); 6] = [
+    ("stat", |text| stat::parse(text).map(drop)),
+    ("meminfo", |text| meminfo::parse(text).map(drop)),
+    ("loadavg", |text| loadavg::parse(text).map(drop)),
+    ("diskstats", |text| diskstats::parse(text).map(drop)),
+    ("net/dev", |text| netdev::parse(text).map(drop)),
+    ("self/mountinfo", |text| mountinfo::parse(text).map(drop)),
+];
+
 fn fixture(tree: &str, file: &str) -> String {
     let path = fixtures().join(tree).join(file);
     fs::read_to_string(&path).unwrap_or_else(|error| panic!("fixture {}: {error}", path.display()))
@@ -134,15 +145,7 @@ fn mountinfo_real_and_escaped() {
 
 #[test]
 fn malformed_files_are_errors_with_line_numbers_not_panics() {
-    let cases: [(&str, fn(&str) -> Result<(), ParseError>); 6] = [
-        ("stat", |text| stat::parse(text).map(drop)),
-        ("meminfo", |text| meminfo::parse(text).map(drop)),
-        ("loadavg", |text| loadavg::parse(text).map(drop)),
-        ("diskstats", |text| diskstats::parse(text).map(drop)),
-        ("net/dev", |text| netdev::parse(text).map(drop)),
-        ("self/mountinfo", |text| mountinfo::parse(text).map(drop)),
-    ];
-    for (file, parse) in cases {
+    for (file, parse) in PARSERS {
         let error = parse(&fixture("malformed", file)).expect_err(file);
         assert!(!error.reason.is_empty(), "{file}: {error}");
         assert!(error.line <= 3, "{file}: {error}");
@@ -215,14 +218,6 @@ fn collector_publishes_every_source_beside_an_unreachable_mount() {
 /// digits, duplicated lines. Every parser must return Ok or Err, never panic.
 #[test]
 fn parsers_survive_mutated_captures() {
-    let parsers: [(&str, fn(&str)); 6] = [
-        ("stat", |text| drop(stat::parse(text))),
-        ("meminfo", |text| drop(meminfo::parse(text))),
-        ("loadavg", |text| drop(loadavg::parse(text))),
-        ("diskstats", |text| drop(diskstats::parse(text))),
-        ("net/dev", |text| drop(netdev::parse(text))),
-        ("self/mountinfo", |text| drop(mountinfo::parse(text))),
-    ];
     let mut state = 0x9E37_79B9_7F4A_7C15_u64;
     let mut random = move |bound: usize| {
         state ^= state << 13;
@@ -231,7 +226,7 @@ fn parsers_survive_mutated_captures() {
         (state % bound.max(1) as u64) as usize
     };
     const NASTY: &[u8] = b" :\n\t-/\\0123456789\xff.";
-    for (file, parse) in parsers {
+    for (file, parse) in PARSERS {
         for tree in ["real", "variants"] {
             let original = fixture(tree, file).into_bytes();
             for _ in 0..2000 {
@@ -253,7 +248,7 @@ fn parsers_survive_mutated_captures() {
                         }
                     }
                 }
-                parse(&String::from_utf8_lossy(&bytes));
+                let _ = parse(&String::from_utf8_lossy(&bytes));
             }
         }
     }
