@@ -1,8 +1,9 @@
-//! Horcrux agent: node metrics from `/proc`, eBPF counters, served over REST and WebSocket.
+//! Horcrux agent: node and container metrics from `/proc`, cgroups and eBPF, served
+//! over REST and WebSocket.
 //!
-//! Data sources: [`procfs`], [`statfs`], [`cgroup`], [`ebpf`]. Metric model and rate
-//! cache: [`model`], [`rates`]. Collection schedule and snapshots: [`collector`].
-//! HTTP surface: [`http`]. Start-up: [`run`].
+//! Data sources: [`procfs`], [`statfs`], [`cgroup`], [`process`], [`ebpf`]. Metric
+//! model and rate cache: [`model`], [`rates`]. Collection schedule and snapshots:
+//! [`collector`]. HTTP surface: [`http`]. Start-up: [`run`].
 
 pub mod cgroup;
 pub mod collector;
@@ -10,6 +11,7 @@ pub mod config;
 pub mod ebpf;
 pub mod http;
 pub mod model;
+pub mod process;
 pub mod procfs;
 pub mod rates;
 pub mod statfs;
@@ -21,51 +23,64 @@ use std::{
 
 use tokio::sync::{broadcast, watch};
 
-use collector::{Publishers, node::NodeSources};
+use cgroup::{Hierarchies, stats::CgroupReader};
+use collector::node::NodeSources;
 use config::Config;
 
-/// WebSocket messages buffered per client before a slow client starts skipping.
-const WS_BUFFER: usize = 16;
+/// WebSocket messages buffered per client before a slow client starts skipping. One
+/// container cycle sends a message per container, so this bounds a full cycle for
+/// thousands of containers.
+const WS_BUFFER: usize = 4096;
 
 /// Starts collection and serves HTTP until Ctrl-C or SIGTERM.
 pub async fn run(config: Config) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
-    let (snapshot_tx, snapshot_rx) = watch::channel(None);
-    let (ws_tx, _) = broadcast::channel(WS_BUFFER);
-    let cgroup_mode = std::fs::read_to_string("/proc/self/mountinfo")
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
         .ok()
         .and_then(|text| procfs::mountinfo::parse(&text).ok())
-        .map_or(cgroup::CgroupMode::None, |mounts| {
-            cgroup::detect_mode(&mounts)
-        });
-    let collector = collector::spawn(
+        .unwrap_or_default();
+    let hierarchies = Hierarchies::from_mounts(&mounts);
+    // PSI files exist but fail to read when the kernel was booted without psi=1.
+    let psi_enabled = std::fs::read_to_string("/proc/pressure/cpu").is_ok();
+    let reader = CgroupReader::new(hierarchies.clone(), psi_enabled);
+    let cgroup_families = reader.family_sources();
+
+    let (node_tx, node_rx) = watch::channel(None);
+    let (containers_tx, containers_rx) = watch::channel(None);
+    let (ws_tx, _) = broadcast::channel(WS_BUFFER);
+    collector::spawn_node(
         config.node_metrics_interval,
         NodeSources::default(),
-        Publishers {
-            snapshots: snapshot_tx,
-            ws_messages: ws_tx.clone(),
-        },
+        node_tx,
+        ws_tx.clone(),
+    )?;
+    collector::spawn_containers(
+        config.vm_metrics_interval,
+        reader,
+        containers_tx,
+        node_rx.clone(),
+        ws_tx.clone(),
     )?;
     let state = Arc::new(http::AppState {
         config,
-        snapshots: snapshot_rx,
+        node: node_rx,
+        containers: containers_rx,
         ws_messages: ws_tx,
         ws_clients: AtomicUsize::new(0),
         started: Instant::now(),
-        cgroup_mode,
+        hierarchies,
+        cgroup_families,
         ebpf_embedded: ebpf::EbpfPrograms::embedded(),
     });
     tracing::info!(
         listen = %listener.local_addr()?,
-        ?cgroup_mode,
+        cgroup_mode = ?state.hierarchies.mode(),
         "horcrux-agent serving"
     );
+    // The collector threads end with the process when the server returns.
     axum::serve(listener, http::router(state))
         .with_graceful_shutdown(shutdown_signal())
-        .await?;
-    // The router (and its snapshot receiver) is gone: the collector stops after its cycle.
-    drop(collector);
-    Ok(())
+        .await
 }
 
 async fn shutdown_signal() {

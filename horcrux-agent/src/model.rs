@@ -1,8 +1,15 @@
 //! The metric model: what one node collection publishes. Serialized as the JSON of
 //! `GET /api/monitoring/node/metrics`; the first seven fields are the spec's contract,
-//! the rest is detail. `null` means "not measured" (first sample, source failed).
+//! the rest is detail; containers follow the same pattern. `null` means "not measured" (first sample, source failed).
+
+use std::collections::BTreeMap;
 
 use serde::Serialize;
+
+use crate::cgroup::{
+    discovery::{Pod, Runtime},
+    files::Pressure,
+};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeMetrics {
@@ -223,4 +230,201 @@ impl<'a> From<&'a NodeMetrics> for NodeMetricsMessage<'a> {
             timestamp: node.timestamp,
         }
     }
+}
+
+/// One container, as `GET /api/containers/{id}/metrics` returns it: the spec's seven
+/// fields first (`null` when not measurable, never a made-up 0), then detail.
+#[derive(Debug, Clone, Serialize)]
+pub struct ContainerMetrics {
+    /// % of one CPU since the previous sample (as `docker stats`); `null` on the first.
+    pub cpu_usage_percent: Option<f64>,
+    pub memory_usage_bytes: Option<u64>,
+    /// `null` = no limit.
+    pub memory_limit_bytes: Option<u64>,
+    pub block_read_bytes: Option<u64>,
+    pub block_write_bytes: Option<u64>,
+    /// All interfaces of the container's network namespace except `lo`.
+    pub network_rx_bytes: Option<u64>,
+    pub network_tx_bytes: Option<u64>,
+    pub id: String,
+    pub name: Option<String>,
+    pub runtime: Runtime,
+    pub state: ContainerState,
+    pub pod: Option<Pod>,
+    /// The cgroup path, the same below every hierarchy root (e.g. `/docker/<id>`).
+    pub cgroup: String,
+    pub timestamp: u64,
+    pub cpu: Option<ContainerCpu>,
+    pub memory: Option<ContainerMemory>,
+    pub block_io: Option<ContainerBlockIo>,
+    pub pids: Option<ContainerPids>,
+    pub network: Option<ContainerNetwork>,
+    pub pressure: Option<ContainerPressure>,
+    /// Why a family above is `null` (e.g. `"block_io": "cgroup v1 blkio counts …"`).
+    pub unavailable: BTreeMap<&'static str, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerState {
+    Running,
+    Paused,
+    /// The cgroup exists but holds no process.
+    Empty,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ContainerCpu {
+    pub usage_percent: Option<f64>,
+    pub user_percent: Option<f64>,
+    pub system_percent: Option<f64>,
+    pub usage_seconds_total: f64,
+    pub user_seconds_total: Option<f64>,
+    pub system_seconds_total: Option<f64>,
+    /// CPUs allowed by the quota (`cpu.max`, `cpu.cfs_quota_us`); `null` = unlimited.
+    pub limit_cores: Option<f64>,
+    pub throttling: Option<ContainerThrottling>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ContainerThrottling {
+    pub periods_total: u64,
+    pub throttled_periods_total: u64,
+    pub throttled_seconds_total: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ContainerMemory {
+    pub usage_bytes: u64,
+    pub limit_bytes: Option<u64>,
+    /// usage − inactive_file.
+    pub working_set_bytes: u64,
+    pub anon_bytes: u64,
+    pub file_bytes: u64,
+    pub active_file_bytes: u64,
+    pub inactive_file_bytes: u64,
+    pub kernel_bytes: Option<u64>,
+    pub slab_bytes: Option<u64>,
+    pub swap_bytes: Option<u64>,
+    pub oom_events_total: Option<u64>,
+    pub oom_kills_total: Option<u64>,
+    pub limit_hits_total: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ContainerBlockIo {
+    /// The kernel file the numbers come from.
+    pub source: &'static str,
+    pub read_bytes_total: u64,
+    pub write_bytes_total: u64,
+    pub discard_bytes_total: u64,
+    pub reads_total: u64,
+    pub writes_total: u64,
+    pub discards_total: u64,
+    pub read_bytes_per_second: Option<f64>,
+    pub write_bytes_per_second: Option<f64>,
+    pub devices: Vec<ContainerDeviceIo>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ContainerDeviceIo {
+    /// Kernel name from `/proc/diskstats`, `null` if the device is gone.
+    pub device: Option<String>,
+    pub major: u32,
+    pub minor: u32,
+    pub read_bytes_total: u64,
+    pub write_bytes_total: u64,
+    pub discard_bytes_total: u64,
+    pub reads_total: u64,
+    pub writes_total: u64,
+    pub discards_total: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ContainerPids {
+    pub current: u64,
+    pub limit: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ContainerNetwork {
+    pub netns_inode: u64,
+    pub rx_bytes_total: u64,
+    pub tx_bytes_total: u64,
+    pub rx_packets_total: u64,
+    pub tx_packets_total: u64,
+    pub rx_errors_total: u64,
+    pub tx_errors_total: u64,
+    pub rx_dropped_total: u64,
+    pub tx_dropped_total: u64,
+    pub rx_bytes_per_second: Option<f64>,
+    pub tx_bytes_per_second: Option<f64>,
+    /// Every interface in the namespace, `lo` included.
+    pub interfaces: Vec<NetworkMetrics>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ContainerPressure {
+    pub cpu: Option<Pressure>,
+    pub memory: Option<Pressure>,
+    pub io: Option<Pressure>,
+}
+
+/// The spec's `VmMetrics` WebSocket message, for a container.
+#[derive(Debug, Clone, Serialize)]
+pub struct VmMetricsMessage<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub vm_id: &'a str,
+    pub name: Option<&'a str>,
+    pub runtime: Runtime,
+    pub cpu_usage: Option<f64>,
+    /// % of the memory limit, or of host memory when unlimited (as `docker stats`).
+    pub memory_usage: Option<f64>,
+    pub memory_usage_bytes: Option<u64>,
+    pub disk_read: Option<u64>,
+    pub disk_write: Option<u64>,
+    pub network_rx: Option<u64>,
+    pub network_tx: Option<u64>,
+    pub timestamp: u64,
+}
+
+impl<'a> VmMetricsMessage<'a> {
+    pub fn new(container: &'a ContainerMetrics, host_memory_bytes: Option<u64>) -> Self {
+        let memory_usage = container.memory_usage_bytes.and_then(|usage| {
+            let total = container
+                .memory_limit_bytes
+                .or(host_memory_bytes)
+                .filter(|total| *total > 0)?;
+            Some(usage as f64 * 100.0 / total as f64)
+        });
+        Self {
+            kind: "VmMetrics",
+            vm_id: &container.id,
+            name: container.name.as_deref(),
+            runtime: container.runtime,
+            cpu_usage: container.cpu_usage_percent,
+            memory_usage,
+            memory_usage_bytes: container.memory_usage_bytes,
+            disk_read: container.block_read_bytes,
+            disk_write: container.block_write_bytes,
+            network_rx: container.network_rx_bytes,
+            network_tx: container.network_tx_bytes,
+            timestamp: container.timestamp,
+        }
+    }
+}
+
+/// The spec's `VmStatusChanged` WebSocket message: a container appeared (`old_status`
+/// `null`), disappeared (`new_status` `null`) or changed state.
+#[derive(Debug, Clone, Serialize)]
+pub struct VmStatusChangedMessage {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub vm_id: String,
+    pub name: Option<String>,
+    pub runtime: Runtime,
+    pub old_status: Option<ContainerState>,
+    pub new_status: Option<ContainerState>,
+    pub timestamp: u64,
 }

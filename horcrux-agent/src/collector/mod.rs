@@ -1,8 +1,12 @@
-//! Collection schedule. A dedicated thread runs the node collector every
-//! `node_metrics_interval`, then publishes an immutable [`Snapshot`] (read by HTTP
-//! handlers) and one pre-serialized `NodeMetrics` WebSocket message (fanned out to
-//! clients). Readers never trigger collection and cannot slow it down.
+//! Collection schedule. Two threads, each on its own interval:
+//! - node (every `node_metrics_interval`): `/proc`, filesystems and the eBPF counters;
+//! - containers (every `vm_metrics_interval`): cgroup discovery and per-container counters.
+//!
+//! Each cycle publishes an immutable snapshot (tokio `watch`, read by HTTP handlers)
+//! and pre-serialized WebSocket messages (tokio `broadcast`, fanned out to clients).
+//! Readers never trigger collection and cannot slow it down.
 
+pub mod containers;
 pub mod health;
 pub mod node;
 
@@ -15,94 +19,160 @@ use axum::extract::ws::Utf8Bytes;
 use tokio::sync::{broadcast, watch};
 
 use crate::{
+    cgroup::stats::CgroupReader,
     ebpf::{EbpfPrograms, ProgramStatus},
-    model::{NodeMetrics, NodeMetricsMessage},
+    model::{ContainerMetrics, NodeMetrics, NodeMetricsMessage, VmMetricsMessage},
 };
+use containers::ContainerCollector;
 use health::CollectorHealth;
 use node::{NodeCollector, NodeSources};
 
-/// Everything one cycle publishes.
+/// What one node cycle publishes.
 #[derive(Debug)]
-pub struct Snapshot {
+pub struct NodeSnapshot {
     pub node: NodeMetrics,
     /// `node` serialized once here rather than on every request.
     pub node_json: Utf8Bytes,
     /// The spec's `NodeMetrics` WebSocket message for `node`.
     pub node_message: Utf8Bytes,
-    pub node_health: CollectorHealth,
+    pub health: CollectorHealth,
     pub ebpf: Vec<ProgramStatus>,
 }
 
-pub type SnapshotReceiver = watch::Receiver<Option<Arc<Snapshot>>>;
-
-pub struct Publishers {
-    pub snapshots: watch::Sender<Option<Arc<Snapshot>>>,
-    pub ws_messages: broadcast::Sender<Utf8Bytes>,
+/// What one container cycle publishes.
+#[derive(Debug)]
+pub struct ContainerSnapshot {
+    pub containers: Vec<ContainerMetrics>,
+    pub health: CollectorHealth,
+    pub timestamp: u64,
 }
 
-/// Starts the collection thread. It stops when every snapshot reader is gone.
-pub fn spawn(
+pub type Latest<T> = watch::Receiver<Option<Arc<T>>>;
+
+/// Runs the node collector (and the eBPF programs) on its own thread.
+pub fn spawn_node(
     interval: Duration,
     sources: NodeSources,
-    publishers: Publishers,
+    snapshots: watch::Sender<Option<Arc<NodeSnapshot>>>,
+    ws_messages: broadcast::Sender<Utf8Bytes>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("collector".into())
-        .spawn(move || run(interval, sources, publishers))
+    spawn("node-collector", move || {
+        let mut ebpf = EbpfPrograms::load();
+        release_freed_heap();
+        let mut collector = NodeCollector::new(sources);
+        every(
+            interval,
+            || !snapshots.is_closed(),
+            || {
+                let (started, cpu_before, timestamp) =
+                    (Instant::now(), thread_cpu_time(), unix_seconds());
+                let node = collector.collect(hostname(), timestamp);
+                if let Err(error) = ebpf.refresh() {
+                    let message = format!("reading eBPF counters: {error}");
+                    collector
+                        .health
+                        .record_error("node", "ebpf maps", message, timestamp);
+                }
+                collector
+                    .health
+                    .record_cycle(started.elapsed(), cpu_since(cpu_before), timestamp);
+                let node_message = to_json(&NodeMetricsMessage::from(&node));
+                snapshots.send_replace(Some(Arc::new(NodeSnapshot {
+                    node_json: to_json(&node),
+                    node_message: node_message.clone(),
+                    node,
+                    health: collector.health.clone(),
+                    ebpf: ebpf.statuses(),
+                })));
+                // No subscribers is normal (no WebSocket client connected).
+                let _ = ws_messages.send(node_message);
+            },
+        );
+    })
 }
 
-fn run(interval: Duration, sources: NodeSources, publishers: Publishers) {
-    let mut ebpf = EbpfPrograms::load();
-    release_freed_heap();
-    let mut node = NodeCollector::new(sources);
-    let mut next_cycle = Instant::now();
-    while !publishers.snapshots.is_closed() {
-        let started = Instant::now();
-        let cpu_before = thread_cpu_time();
-        let timestamp = unix_seconds();
-        let metrics = node.collect(hostname(), timestamp);
-        if let Err(error) = ebpf.refresh() {
-            node.health.record_error(
-                "node",
-                "ebpf maps",
-                format!("reading eBPF counters: {error}"),
-                timestamp,
-            );
-        }
-        let cpu_time = thread_cpu_time()
-            .zip(cpu_before)
-            .map(|(after, before)| after.saturating_sub(before));
-        node.health
-            .record_cycle(started.elapsed(), cpu_time, timestamp);
-        publish(&publishers, metrics, node.health.clone(), ebpf.statuses());
+/// Runs the container collector on its own thread. `node` supplies host memory, the
+/// denominator of `VmMetrics.memory_usage` for containers without a limit.
+pub fn spawn_containers(
+    interval: Duration,
+    reader: CgroupReader,
+    snapshots: watch::Sender<Option<Arc<ContainerSnapshot>>>,
+    node: Latest<NodeSnapshot>,
+    ws_messages: broadcast::Sender<Utf8Bytes>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    spawn("container-collector", move || {
+        let mut collector = ContainerCollector::new(reader, "/proc");
+        every(
+            interval,
+            || !snapshots.is_closed(),
+            || {
+                let (started, cpu_before, timestamp) =
+                    (Instant::now(), thread_cpu_time(), unix_seconds());
+                let cycle = collector.collect(timestamp);
+                collector
+                    .health
+                    .record_cycle(started.elapsed(), cpu_since(cpu_before), timestamp);
+                let host_memory = node.borrow().as_ref().and_then(|snapshot| {
+                    snapshot
+                        .node
+                        .memory
+                        .as_ref()
+                        .map(|memory| memory.total_bytes)
+                });
+                let messages: Vec<Utf8Bytes> = cycle
+                    .changes
+                    .iter()
+                    .map(to_json)
+                    .chain(
+                        cycle
+                            .containers
+                            .iter()
+                            .map(|c| to_json(&VmMetricsMessage::new(c, host_memory))),
+                    )
+                    .collect();
+                snapshots.send_replace(Some(Arc::new(ContainerSnapshot {
+                    containers: cycle.containers,
+                    health: collector.health.clone(),
+                    timestamp,
+                })));
+                for message in messages {
+                    let _ = ws_messages.send(message);
+                }
+            },
+        );
+    })
+}
 
+fn spawn(
+    name: &str,
+    body: impl FnOnce() + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name(name.into()).spawn(body)
+}
+
+/// Calls `cycle` every `interval` while `keep_going()`; a cycle that overruns (or a
+/// suspended machine) skips the missed ticks instead of bursting to catch up.
+fn every(interval: Duration, keep_going: impl Fn() -> bool, mut cycle: impl FnMut()) {
+    let mut next_cycle = Instant::now();
+    while keep_going() {
+        cycle();
         next_cycle += interval;
         let now = Instant::now();
         if next_cycle <= now {
-            // A cycle overran (or the machine was suspended): skip the missed ticks.
             next_cycle = now + interval;
         }
         std::thread::sleep(next_cycle - now);
     }
 }
 
-fn publish(
-    publishers: &Publishers,
-    node: NodeMetrics,
-    node_health: CollectorHealth,
-    ebpf: Vec<ProgramStatus>,
-) {
-    let node_json = to_json(&node);
-    let node_message = to_json(&NodeMetricsMessage::from(&node));
-    publishers.snapshots.send_replace(Some(Arc::new(Snapshot {
-        node,
-        node_json,
-        node_message: node_message.clone(),
-        node_health,
-        ebpf,
-    })));
-    // No subscribers is normal (no WebSocket client connected).
-    let _ = publishers.ws_messages.send(node_message);
+/// Loading eBPF parses the kernel's BTF (~20 MB of short-lived allocations); glibc
+/// keeps freed heap mapped unless asked, which would double the agent's resident size.
+fn release_freed_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Serialization cannot fail for the model's types (string keys; serde_json writes
@@ -114,16 +184,6 @@ fn to_json(value: &impl serde::Serialize) -> Utf8Bytes {
             tracing::error!("serializing a snapshot failed: {error}");
             "null".into()
         }
-    }
-}
-
-/// Loading eBPF parses the kernel's BTF (~20 MB of short-lived allocations); glibc
-/// keeps freed heap mapped unless asked, which would double the agent's resident size.
-fn release_freed_heap() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only returns free heap pages to the kernel.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 
@@ -144,4 +204,10 @@ fn thread_cpu_time() -> Option<Duration> {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
         .ok()
         .map(Duration::from)
+}
+
+fn cpu_since(before: Option<Duration>) -> Option<Duration> {
+    thread_cpu_time()
+        .zip(before)
+        .map(|(after, before)| after.saturating_sub(before))
 }

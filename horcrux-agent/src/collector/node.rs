@@ -14,7 +14,7 @@ use crate::{
         MemoryMetrics, NetworkMetrics, NetworkRates, NodeMetrics, PerCpuMetrics, ProcessMetrics,
     },
     procfs::{
-        ProcReader, SourceError, diskstats, diskstats::SECTOR_BYTES, loadavg, meminfo, mountinfo,
+        SourceError, TextReader, diskstats, diskstats::SECTOR_BYTES, loadavg, meminfo, mountinfo,
         netdev, stat, stat::CpuTimes,
     },
     rates::{Decrease, Deltas, RateTracker},
@@ -48,7 +48,7 @@ impl Default for NodeSources {
 
 pub struct NodeCollector {
     sources: NodeSources,
-    proc: ProcReader,
+    proc: TextReader,
     ticks_per_second: f64,
     /// Key `None` is the aggregate CPU line, `Some(n)` is CPU n.
     cpu_times: RateTracker<Option<u32>, 8>,
@@ -63,7 +63,7 @@ pub struct NodeCollector {
 impl NodeCollector {
     pub fn new(sources: NodeSources) -> Self {
         Self {
-            proc: ProcReader::new(sources.proc_root.clone()),
+            proc: TextReader::new(sources.proc_root.clone()),
             sources,
             ticks_per_second: clock_ticks_per_second(),
             cpu_times: RateTracker::new(Decrease::NoChange),

@@ -15,24 +15,27 @@ use crate::{collector, ebpf::ProgramState};
 
 /// `GET /api/monitoring/node/metrics`: the latest node snapshot, pre-serialized.
 pub async fn node_metrics(State(state): State<Arc<AppState>>) -> Response {
-    let latest = state.snapshots.borrow().clone();
+    let latest = state.node.borrow().clone();
     match latest {
         Some(snapshot) => (
             [(header::CONTENT_TYPE, "application/json")],
             snapshot.node_json.as_str().to_owned(),
         )
             .into_response(),
-        None => no_sample_yet().into_response(),
+        None => ApiError::no_sample_yet().into_response(),
     }
 }
 
 /// `GET /api/status`: agent identity, cgroup mode, eBPF programs, collector health.
 pub async fn status(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    let latest = state.snapshots.borrow().clone();
+    let latest = state.node.borrow().clone();
+    let containers = state.containers.borrow().clone();
     let (node_health, programs) = match &latest {
-        Some(snapshot) => (json!(snapshot.node_health), json!(snapshot.ebpf)),
+        Some(snapshot) => (json!(snapshot.health), json!(snapshot.ebpf)),
         None => (serde_json::Value::Null, json!([])),
     };
+    let container_health = containers.as_ref().map(|snapshot| json!(snapshot.health));
+    let hierarchies = &state.hierarchies;
     let attached = latest.as_ref().map_or(0, |snapshot| {
         snapshot
             .ebpf
@@ -45,13 +48,20 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Json<serde_json::Valu
         "hostname": collector::hostname(),
         "uptime_seconds": state.started.elapsed().as_secs(),
         "timestamp": collector::unix_seconds(),
-        "cgroup_mode": state.cgroup_mode,
+        "cgroup_mode": hierarchies.mode(),
+        "cgroup": {
+            "unified": hierarchies.unified,
+            "unified_controllers": hierarchies.unified_controllers,
+            "v1": hierarchies.v1,
+            "families": state.cgroup_families,
+        },
         "ebpf": {
             "embedded": state.ebpf_embedded,
             "attached_programs": attached,
             "programs": programs,
         },
-        "collectors": { "node": node_health },
+        "collectors": { "node": node_health, "containers": container_health },
+        "containers": containers.as_ref().map_or(0, |snapshot| snapshot.containers.len()),
         "config": {
             "node_metrics_interval": state.config.node_metrics_interval.as_secs(),
             "vm_metrics_interval": state.config.vm_metrics_interval.as_secs(),
@@ -68,11 +78,4 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Json<serde_json::Valu
 
 pub async fn not_found() -> ApiError {
     ApiError(StatusCode::NOT_FOUND, "no such endpoint".into())
-}
-
-fn no_sample_yet() -> ApiError {
-    ApiError(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "no sample collected yet; retry after the first collection cycle".into(),
-    )
 }

@@ -2,9 +2,11 @@
 //! latest published snapshot; they never collect.
 
 mod api;
+mod containers;
 mod ws;
 
 use std::{
+    collections::BTreeMap,
     sync::{Arc, atomic::AtomicUsize},
     time::Instant,
 };
@@ -18,15 +20,22 @@ use axum::{
 };
 use tokio::sync::broadcast;
 
-use crate::{cgroup::CgroupMode, collector::SnapshotReceiver, config::Config};
+use crate::{
+    cgroup::Hierarchies,
+    collector::{ContainerSnapshot, Latest, NodeSnapshot},
+    config::Config,
+};
 
 pub struct AppState {
     pub config: Config,
-    pub snapshots: SnapshotReceiver,
+    pub node: Latest<NodeSnapshot>,
+    pub containers: Latest<ContainerSnapshot>,
     pub ws_messages: broadcast::Sender<Utf8Bytes>,
     pub ws_clients: AtomicUsize,
     pub started: Instant,
-    pub cgroup_mode: CgroupMode,
+    pub hierarchies: Hierarchies,
+    /// Where each container metric family comes from on this host (or why not).
+    pub cgroup_families: BTreeMap<&'static str, String>,
     pub ebpf_embedded: bool,
 }
 
@@ -34,13 +43,24 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/api/monitoring/node/metrics", get(api::node_metrics))
         .route("/api/status", get(api::status))
+        .route("/api/containers", get(containers::list))
+        .route("/api/containers/{id}/metrics", get(containers::metrics))
         .route("/ws", get(ws::upgrade))
         .fallback(api::not_found)
         .with_state(state)
 }
 
 /// A JSON error body: `{"error": "..."}`.
-pub struct ApiError(StatusCode, String);
+pub struct ApiError(pub StatusCode, pub String);
+
+impl ApiError {
+    pub fn no_sample_yet() -> Self {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no sample collected yet; retry after the first collection cycle".into(),
+        )
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {

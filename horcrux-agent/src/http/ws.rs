@@ -55,7 +55,7 @@ impl Drop for ClientSlot {
 async fn serve(mut socket: WebSocket, slot: ClientSlot) {
     let state = &slot.0;
     let mut messages = state.ws_messages.subscribe();
-    let latest = state.snapshots.borrow().clone();
+    let latest = state.node.borrow().clone();
     if let Some(snapshot) = latest
         && !send(&mut socket, snapshot.node_message.clone()).await
     {

@@ -1,5 +1,5 @@
 //! Data source: the `/proc` filesystem. Each submodule parses one file from text
-//! into typed counters; [`ProcReader`] reads the files into reused buffers.
+//! into typed counters; [`TextReader`] reads the files into reused buffers.
 //! Parsers never panic: malformed input yields a [`ParseError`] naming the line.
 
 pub mod diskstats;
@@ -58,15 +58,15 @@ pub(crate) fn parse_u64(field: Option<&str>, line: usize, what: &str) -> Result<
     })
 }
 
-/// Reads files below a `/proc` root into a reused buffer and hands the text to a parser.
-/// The root is configurable so tests can point it at fixture trees.
+/// Reads kernel text files (procfs, cgroupfs) into one reused buffer and hands the
+/// text to a parser. The root is configurable so tests can point it at fixture trees.
 #[derive(Debug)]
-pub struct ProcReader {
+pub struct TextReader {
     root: PathBuf,
     buffer: String,
 }
 
-impl ProcReader {
+impl TextReader {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self {
             root: root.into(),
@@ -74,25 +74,46 @@ impl ProcReader {
         }
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    /// Reads `relative` (e.g. `"stat"`) and parses it with `parse`.
+    /// Reads `relative` below the root (e.g. `"stat"`) and parses it with `parse`.
     pub fn read<T>(
         &mut self,
         relative: &str,
         parse: impl FnOnce(&str) -> Result<T, ParseError>,
     ) -> Result<T, SourceError> {
-        use std::io::Read;
         let path = self.root.join(relative);
+        self.read_path(&path, parse)
+    }
+
+    /// Reads `path` and parses it with `parse`.
+    pub fn read_path<T>(
+        &mut self,
+        path: &Path,
+        parse: impl FnOnce(&str) -> Result<T, ParseError>,
+    ) -> Result<T, SourceError> {
+        use std::io::Read;
         self.buffer.clear();
-        std::fs::File::open(&path)
+        std::fs::File::open(path)
             .and_then(|mut file| file.read_to_string(&mut self.buffer))
             .map_err(|source| SourceError::Io {
-                path: path.clone(),
+                path: path.to_owned(),
                 source,
             })?;
-        parse(&self.buffer).map_err(|source| SourceError::Parse { path, source })
+        parse(&self.buffer).map_err(|source| SourceError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+}
+
+impl SourceError {
+    pub fn path(&self) -> &Path {
+        match self {
+            SourceError::Io { path, .. } | SourceError::Parse { path, .. } => path,
+        }
+    }
+
+    /// The file does not exist (e.g. a cgroup removed between discovery and read).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, SourceError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
     }
 }

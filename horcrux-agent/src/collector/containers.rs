@@ -1,0 +1,387 @@
+//! The container collector: each cycle discovers container cgroups, reads their
+//! counters, derives rates through the rate cache, and reports which containers
+//! appeared, disappeared or changed state.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    time::Instant,
+};
+
+use crate::{
+    cgroup::{
+        discovery::{self, DiscoveredContainer, Runtime},
+        files::DeviceIo,
+        stats::{CgroupReader, ContainerCounters},
+    },
+    collector::health::CollectorHealth,
+    model::{
+        ContainerBlockIo, ContainerCpu, ContainerDeviceIo, ContainerMemory, ContainerMetrics,
+        ContainerNetwork, ContainerPids, ContainerPressure, ContainerState, ContainerThrottling,
+        NetworkMetrics, VmStatusChangedMessage,
+    },
+    process::{self, RuntimeNames},
+    procfs::{TextReader, diskstats, netdev},
+    rates::{Decrease, RateTracker},
+};
+
+const COLLECTOR: &str = "containers";
+
+pub struct ContainerCollector {
+    reader: CgroupReader,
+    proc: TextReader,
+    proc_root: PathBuf,
+    /// The agent's own network namespace: the one the node metrics describe.
+    host_netns: Option<u64>,
+    names: RuntimeNames,
+    /// usage, user, system CPU nanoseconds.
+    cpu_time: RateTracker<String, 3>,
+    /// read bytes, write bytes.
+    block_bytes: RateTracker<String, 2>,
+    /// rx bytes, tx bytes (keyed by container: each is credited its namespace's traffic).
+    network_bytes: RateTracker<String, 2>,
+    states: HashMap<String, (ContainerState, Option<String>, Runtime)>,
+    pub health: CollectorHealth,
+}
+
+/// One cycle's result.
+pub struct ContainerCycle {
+    pub containers: Vec<ContainerMetrics>,
+    pub changes: Vec<VmStatusChangedMessage>,
+}
+
+impl ContainerCollector {
+    pub fn new(reader: CgroupReader, proc_root: impl Into<PathBuf>) -> Self {
+        let proc_root = proc_root.into();
+        Self {
+            host_netns: process::own_netns_inode(&proc_root).ok(),
+            names: RuntimeNames::new(proc_root.clone()),
+            proc: TextReader::new(proc_root.clone()),
+            proc_root,
+            reader,
+            cpu_time: RateTracker::new(Decrease::Reset),
+            block_bytes: RateTracker::new(Decrease::Reset),
+            network_bytes: RateTracker::new(Decrease::Reset),
+            states: HashMap::new(),
+            health: CollectorHealth::default(),
+        }
+    }
+
+    pub fn collect(&mut self, timestamp: u64) -> ContainerCycle {
+        let discovered = discovery::discover(&self.reader.hierarchies().discovery_roots());
+        self.names.refresh(
+            discovered
+                .iter()
+                .map(|container| (container.id.as_str(), container.runtime)),
+        );
+        let device_names = self.device_names(timestamp);
+        let now = Instant::now();
+        self.cpu_time.begin(now);
+        self.block_bytes.begin(now);
+        self.network_bytes.begin(now);
+        let mut namespaces: HashMap<u64, Option<Vec<netdev::NetDevStat>>> = HashMap::new();
+        let mut containers = Vec::with_capacity(discovered.len());
+        for container in discovered {
+            // A cgroup removed since discovery is simply gone, not an error.
+            let Some(counters) = self.reader.read(&container.relative_path) else {
+                continue;
+            };
+            for error in &counters.errors {
+                let source = error.path().display().to_string();
+                self.health
+                    .record_error(COLLECTOR, &source, error.to_string(), timestamp);
+            }
+            let network = self.network(
+                &container.id,
+                &counters.processes,
+                &mut namespaces,
+                timestamp,
+            );
+            containers.push(self.metrics(container, counters, network, &device_names, timestamp));
+        }
+        let changes = self.state_changes(&containers, timestamp);
+        ContainerCycle {
+            containers,
+            changes,
+        }
+    }
+
+    fn metrics(
+        &mut self,
+        container: DiscoveredContainer,
+        counters: ContainerCounters,
+        network: Result<ContainerNetwork, String>,
+        device_names: &HashMap<(u32, u32), String>,
+        timestamp: u64,
+    ) -> ContainerMetrics {
+        let mut unavailable = BTreeMap::new();
+        let cpu = available(&mut unavailable, "cpu", counters.cpu).map(|cpu| {
+            let rates = self
+                .cpu_time
+                .observe(
+                    container.id.clone(),
+                    [
+                        cpu.usage_ns,
+                        cpu.user_ns.unwrap_or(0),
+                        cpu.system_ns.unwrap_or(0),
+                    ],
+                )
+                .map(|deltas| deltas.per_second().map(|ns_per_second| ns_per_second / 1e7));
+            let seconds = |ns: u64| ns as f64 / 1e9;
+            ContainerCpu {
+                usage_percent: rates.map(|[usage, _, _]| usage),
+                user_percent: rates
+                    .filter(|_| cpu.user_ns.is_some())
+                    .map(|[_, user, _]| user),
+                system_percent: rates
+                    .filter(|_| cpu.system_ns.is_some())
+                    .map(|[_, _, system]| system),
+                usage_seconds_total: seconds(cpu.usage_ns),
+                user_seconds_total: cpu.user_ns.map(seconds),
+                system_seconds_total: cpu.system_ns.map(seconds),
+                limit_cores: cpu.limit_cores,
+                throttling: cpu.throttling.map(|throttling| ContainerThrottling {
+                    periods_total: throttling.periods,
+                    throttled_periods_total: throttling.throttled_periods,
+                    throttled_seconds_total: seconds(throttling.throttled_ns),
+                }),
+            }
+        });
+        let memory =
+            available(&mut unavailable, "memory", counters.memory).map(|memory| ContainerMemory {
+                usage_bytes: memory.usage,
+                limit_bytes: memory.limit,
+                working_set_bytes: memory.working_set(),
+                anon_bytes: memory.anon,
+                file_bytes: memory.file,
+                active_file_bytes: memory.active_file,
+                inactive_file_bytes: memory.inactive_file,
+                kernel_bytes: memory.kernel,
+                slab_bytes: memory.slab,
+                swap_bytes: memory.swap,
+                oom_events_total: memory.oom_events,
+                oom_kills_total: memory.oom_kills,
+                limit_hits_total: memory.limit_hits,
+            });
+        let block_io = available(&mut unavailable, "block_io", counters.block_io).map(|block| {
+            let sum = |field: fn(&DeviceIo) -> u64| block.devices.iter().map(field).sum::<u64>();
+            let (read, write) = (sum(|io| io.read_bytes), sum(|io| io.write_bytes));
+            let rates = self
+                .block_bytes
+                .observe(container.id.clone(), [read, write])
+                .map(|deltas| deltas.per_second());
+            ContainerBlockIo {
+                source: block.source,
+                read_bytes_total: read,
+                write_bytes_total: write,
+                discard_bytes_total: sum(|io| io.discard_bytes),
+                reads_total: sum(|io| io.reads),
+                writes_total: sum(|io| io.writes),
+                discards_total: sum(|io| io.discards),
+                read_bytes_per_second: rates.map(|[read, _]| read),
+                write_bytes_per_second: rates.map(|[_, write]| write),
+                devices: block
+                    .devices
+                    .iter()
+                    .map(|io| ContainerDeviceIo {
+                        device: device_names.get(&(io.major, io.minor)).cloned(),
+                        major: io.major,
+                        minor: io.minor,
+                        read_bytes_total: io.read_bytes,
+                        write_bytes_total: io.write_bytes,
+                        discard_bytes_total: io.discard_bytes,
+                        reads_total: io.reads,
+                        writes_total: io.writes,
+                        discards_total: io.discards,
+                    })
+                    .collect(),
+            }
+        });
+        let pids = available(&mut unavailable, "pids", counters.pids).map(|pids| ContainerPids {
+            current: pids.current,
+            limit: pids.limit,
+        });
+        let network = available(&mut unavailable, "network", network);
+        let pressure = available(&mut unavailable, "pressure", counters.pressure).map(|pressure| {
+            ContainerPressure {
+                cpu: pressure.cpu,
+                memory: pressure.memory,
+                io: pressure.io,
+            }
+        });
+        let state = match (counters.frozen, counters.processes.is_empty()) {
+            (true, _) => ContainerState::Paused,
+            (false, true) => ContainerState::Empty,
+            (false, false) => ContainerState::Running,
+        };
+        ContainerMetrics {
+            cpu_usage_percent: cpu.as_ref().and_then(|cpu| cpu.usage_percent),
+            memory_usage_bytes: memory.as_ref().map(|memory| memory.usage_bytes),
+            memory_limit_bytes: memory.as_ref().and_then(|memory| memory.limit_bytes),
+            block_read_bytes: block_io.as_ref().map(|block| block.read_bytes_total),
+            block_write_bytes: block_io.as_ref().map(|block| block.write_bytes_total),
+            network_rx_bytes: network.as_ref().map(|network| network.rx_bytes_total),
+            network_tx_bytes: network.as_ref().map(|network| network.tx_bytes_total),
+            name: self.names.name(&container.id, container.runtime),
+            id: container.id,
+            runtime: container.runtime,
+            state,
+            pod: container.pod,
+            cgroup: format!("/{}", container.relative_path),
+            timestamp,
+            cpu,
+            memory,
+            block_io,
+            pids,
+            network,
+            pressure,
+            unavailable,
+        }
+    }
+
+    /// The container's network namespace counters, read once per namespace per cycle.
+    fn network(
+        &mut self,
+        id: &str,
+        processes: &[u32],
+        namespaces: &mut HashMap<u64, Option<Vec<netdev::NetDevStat>>>,
+        timestamp: u64,
+    ) -> Result<ContainerNetwork, String> {
+        let pid = *processes
+            .first()
+            .ok_or("no process in the container to read its network namespace")?;
+        let inode = process::netns_inode(&self.proc_root, pid)
+            .map_err(|error| format!("network namespace of pid {pid}: {error}"))?;
+        if Some(inode) == self.host_netns {
+            return Err(
+                "shares the host network namespace; host traffic is not credited to it".into(),
+            );
+        }
+        let interfaces = match namespaces.get(&inode) {
+            Some(cached) => cached.clone(),
+            None => {
+                let read = match self.proc.read(&format!("{pid}/net/dev"), netdev::parse) {
+                    Ok(interfaces) => Some(interfaces),
+                    Err(error) => {
+                        if !error.is_not_found() {
+                            let source = error.path().display().to_string();
+                            self.health.record_error(
+                                COLLECTOR,
+                                &source,
+                                error.to_string(),
+                                timestamp,
+                            );
+                        }
+                        None
+                    }
+                };
+                namespaces.insert(inode, read.clone());
+                read
+            }
+        }
+        .ok_or_else(|| format!("could not read /proc/{pid}/net/dev"))?;
+        let outside = interfaces.iter().filter(|net| net.interface != "lo");
+        let sum = |field: fn(&netdev::NetDevStat) -> u64| outside.clone().map(field).sum::<u64>();
+        let (rx, tx) = (sum(|net| net.rx_bytes), sum(|net| net.tx_bytes));
+        let rates = self
+            .network_bytes
+            .observe(id.to_owned(), [rx, tx])
+            .map(|deltas| deltas.per_second());
+        Ok(ContainerNetwork {
+            netns_inode: inode,
+            rx_bytes_total: rx,
+            tx_bytes_total: tx,
+            rx_packets_total: sum(|net| net.rx_packets),
+            tx_packets_total: sum(|net| net.tx_packets),
+            rx_errors_total: sum(|net| net.rx_errors),
+            tx_errors_total: sum(|net| net.tx_errors),
+            rx_dropped_total: sum(|net| net.rx_dropped),
+            tx_dropped_total: sum(|net| net.tx_dropped),
+            rx_bytes_per_second: rates.map(|[rx, _]| rx),
+            tx_bytes_per_second: rates.map(|[_, tx]| tx),
+            interfaces: interfaces
+                .into_iter()
+                .map(|net| NetworkMetrics {
+                    interface: net.interface,
+                    rx_bytes_total: net.rx_bytes,
+                    rx_packets_total: net.rx_packets,
+                    rx_errors_total: net.rx_errors,
+                    rx_dropped_total: net.rx_dropped,
+                    tx_bytes_total: net.tx_bytes,
+                    tx_packets_total: net.tx_packets,
+                    tx_errors_total: net.tx_errors,
+                    tx_dropped_total: net.tx_dropped,
+                    rates: None,
+                })
+                .collect(),
+        })
+    }
+
+    /// Block device names by major:minor, for per-device container I/O.
+    fn device_names(&mut self, timestamp: u64) -> HashMap<(u32, u32), String> {
+        match self.proc.read("diskstats", diskstats::parse) {
+            Ok(disks) => disks
+                .into_iter()
+                .map(|disk| ((disk.major, disk.minor), disk.name))
+                .collect(),
+            Err(error) => {
+                let source = error.path().display().to_string();
+                self.health
+                    .record_error(COLLECTOR, &source, error.to_string(), timestamp);
+                HashMap::new()
+            }
+        }
+    }
+
+    fn state_changes(
+        &mut self,
+        containers: &[ContainerMetrics],
+        timestamp: u64,
+    ) -> Vec<VmStatusChangedMessage> {
+        let mut changes = Vec::new();
+        let mut current = HashMap::with_capacity(containers.len());
+        for container in containers {
+            let old = self.states.remove(&container.id).map(|(state, _, _)| state);
+            if old != Some(container.state) {
+                changes.push(VmStatusChangedMessage {
+                    kind: "VmStatusChanged",
+                    vm_id: container.id.clone(),
+                    name: container.name.clone(),
+                    runtime: container.runtime,
+                    old_status: old,
+                    new_status: Some(container.state),
+                    timestamp,
+                });
+            }
+            current.insert(
+                container.id.clone(),
+                (container.state, container.name.clone(), container.runtime),
+            );
+        }
+        // Whatever is left was not seen this cycle: gone.
+        for (id, (state, name, runtime)) in self.states.drain() {
+            changes.push(VmStatusChangedMessage {
+                kind: "VmStatusChanged",
+                vm_id: id,
+                name,
+                runtime,
+                old_status: Some(state),
+                new_status: None,
+                timestamp,
+            });
+        }
+        self.states = current;
+        changes
+    }
+}
+
+/// Records why a family is missing and turns the result into an option.
+fn available<T>(
+    unavailable: &mut BTreeMap<&'static str, String>,
+    family: &'static str,
+    result: Result<T, String>,
+) -> Option<T> {
+    result
+        .map_err(|reason| unavailable.insert(family, reason))
+        .ok()
+}

@@ -1,0 +1,147 @@
+//! Container endpoints. `{id}` is looked up among the discovered containers (full id,
+//! unique hex prefix of at least 12 digits, or name); no path is built from it.
+
+use std::sync::Arc;
+
+use axum::{
+    Json,
+    extract::{Path, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+
+use super::{ApiError, AppState};
+use crate::{
+    cgroup::discovery::{Pod, Runtime},
+    model::{ContainerMetrics, ContainerState},
+};
+
+/// Shortest id prefix accepted, as `docker ps` prints ids.
+const MIN_PREFIX: usize = 12;
+const MAX_QUERY: usize = 128;
+
+/// One row of `GET /api/containers`: identity and the spec's headline metrics.
+#[derive(Serialize)]
+struct Summary<'a> {
+    id: &'a str,
+    name: Option<&'a str>,
+    runtime: Runtime,
+    state: ContainerState,
+    pod: Option<&'a Pod>,
+    cgroup: &'a str,
+    cpu_usage_percent: Option<f64>,
+    memory_usage_bytes: Option<u64>,
+    memory_limit_bytes: Option<u64>,
+    block_read_bytes: Option<u64>,
+    block_write_bytes: Option<u64>,
+    network_rx_bytes: Option<u64>,
+    network_tx_bytes: Option<u64>,
+}
+
+impl<'a> From<&'a ContainerMetrics> for Summary<'a> {
+    fn from(container: &'a ContainerMetrics) -> Self {
+        Self {
+            id: &container.id,
+            name: container.name.as_deref(),
+            runtime: container.runtime,
+            state: container.state,
+            pod: container.pod.as_ref(),
+            cgroup: &container.cgroup,
+            cpu_usage_percent: container.cpu_usage_percent,
+            memory_usage_bytes: container.memory_usage_bytes,
+            memory_limit_bytes: container.memory_limit_bytes,
+            block_read_bytes: container.block_read_bytes,
+            block_write_bytes: container.block_write_bytes,
+            network_rx_bytes: container.network_rx_bytes,
+            network_tx_bytes: container.network_tx_bytes,
+        }
+    }
+}
+
+/// `GET /api/containers`.
+pub async fn list(State(state): State<Arc<AppState>>) -> Response {
+    let Some(snapshot) = state.containers.borrow().clone() else {
+        return ApiError::no_sample_yet().into_response();
+    };
+    let containers: Vec<Summary> = snapshot.containers.iter().map(Summary::from).collect();
+    Json(serde_json::json!({
+        "timestamp": snapshot.timestamp,
+        "count": containers.len(),
+        "containers": containers,
+    }))
+    .into_response()
+}
+
+/// `GET /api/containers/{id}/metrics`.
+pub async fn metrics(State(state): State<Arc<AppState>>, Path(query): Path<String>) -> Response {
+    let Some(snapshot) = state.containers.borrow().clone() else {
+        return ApiError::no_sample_yet().into_response();
+    };
+    match resolve(&snapshot.containers, &query) {
+        Ok(container) => Json(container).into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+/// Finds the container `query` names: exact id, exact name, or unique id prefix.
+pub fn resolve<'a>(
+    containers: &'a [ContainerMetrics],
+    query: &str,
+) -> Result<&'a ContainerMetrics, ApiError> {
+    let well_formed = !query.is_empty()
+        && query.len() <= MAX_QUERY
+        && query
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || b"_.-".contains(&byte));
+    if !well_formed {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "malformed container id {query:?}: expected hex id, id prefix or name ([A-Za-z0-9_.-], at most {MAX_QUERY})"
+            ),
+        ));
+    }
+    if let Some(container) = containers.iter().find(|container| container.id == query) {
+        return Ok(container);
+    }
+    let named: Vec<&ContainerMetrics> = containers
+        .iter()
+        .filter(|container| container.name.as_deref() == Some(query))
+        .collect();
+    if let [container] = named[..] {
+        return Ok(container);
+    }
+    let prefix = query.to_ascii_lowercase();
+    let matches: Vec<&ContainerMetrics> = if named.len() > 1 {
+        named
+    } else if prefix.len() >= MIN_PREFIX && prefix.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+        containers
+            .iter()
+            .filter(|container| container.id.starts_with(&prefix))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    match matches[..] {
+        [container] => Ok(container),
+        [] => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no container {query:?} (ids, {MIN_PREFIX}+ digit id prefixes and names are accepted)"
+            ),
+        )),
+        _ => Err(ApiError(
+            StatusCode::CONFLICT,
+            format!(
+                "{query:?} matches {} containers: {}",
+                matches.len(),
+                matches
+                    .iter()
+                    .map(|container| container.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
+}
