@@ -81,11 +81,10 @@ pub fn discover(roots: &[&Path]) -> Vec<DiscoveredContainer> {
                     format!("{relative}/{name}")
                 };
                 match classify(&child) {
-                    Some(container) => {
-                        if seen.insert(container.relative_path.clone()) {
-                            found.push(container);
-                        }
+                    Some(container) if seen.insert(container.relative_path.clone()) => {
+                        found.push(container)
                     }
+                    Some(_) => {}
                     None if depth < MAX_DEPTH => pending.push((child, depth + 1)),
                     None => {}
                 }
