@@ -4,185 +4,27 @@
 //! kernel's own counters for the same cgroup. Everything created is removed in
 //! `Drop`, also when an assertion fails.
 
-use std::{
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+#[path = "../../tests/common/cgroup.rs"]
+mod cgroup;
 
+use std::{process::Command, time::Duration};
+
+use cgroup::{TestCgroup, hierarchies, serial, skip_unless_root, wait_for};
 use horcrux_agent::{
-    cgroup::{Hierarchies, stats::CgroupReader},
+    cgroup::stats::CgroupReader,
     collector::containers::ContainerCollector,
     model::{ContainerMetrics, ContainerState},
-    procfs::mountinfo,
 };
 
 const MIB: u64 = 1024 * 1024;
 
-fn hierarchies() -> Hierarchies {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    Hierarchies::from_mounts(&mountinfo::parse(&text).expect("parses"))
-}
-
-fn skip_unless_root(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return false;
-    }
-    eprintln!("SKIPPED {test}: creating cgroups needs root; CI runs as root");
-    true
-}
-
-/// One live test at a time: they share the `docker/` parents, and a CPU burner in
-/// one would skew another's numbers.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// A container-like cgroup `docker/<random 64-hex id>` in every hierarchy.
-struct TestCgroup {
-    _serial: std::sync::MutexGuard<'static, ()>,
-    id: String,
-    hierarchies: Hierarchies,
-    dirs: Vec<PathBuf>,
-    /// `docker/` parents that did not exist before the test.
-    created_parents: Vec<PathBuf>,
-    children: Vec<Child>,
-    namespaces: Vec<String>,
-}
-
-impl TestCgroup {
-    fn new() -> Self {
-        let hierarchies = hierarchies();
-        let id: String = (0..4).map(|_| format!("{:016x}", rand_u64())).collect();
-        let mut roots: Vec<PathBuf> = hierarchies.v1.values().cloned().collect();
-        roots.sort();
-        roots.dedup();
-        roots.extend(hierarchies.unified.clone());
-        let mut cgroup = Self {
-            _serial: SERIAL
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-            id,
-            hierarchies,
-            dirs: Vec::new(),
-            created_parents: Vec::new(),
-            children: Vec::new(),
-            namespaces: Vec::new(),
-        };
-        for root in roots {
-            let parent = root.join("docker");
-            if !parent.exists() {
-                create_dir(&parent, &root);
-                cgroup.created_parents.push(parent.clone());
-            }
-            let dir = parent.join(&cgroup.id);
-            create_dir(&dir, &root);
-            cgroup.dirs.push(dir);
-        }
-        cgroup
-    }
-
-    fn controller_file(&self, controller: &str, file: &str) -> PathBuf {
-        self.hierarchies.v1[controller]
-            .join("docker")
-            .join(&self.id)
-            .join(file)
-    }
-
-    fn kernel_value(&self, controller: &str, file: &str) -> String {
-        std::fs::read_to_string(self.controller_file(controller, file)).expect("kernel file")
-    }
-
-    fn write(&self, controller: &str, file: &str, value: &str) {
-        std::fs::write(self.controller_file(controller, file), value).expect("write cgroup file");
-    }
-
-    /// Runs `script` with sh after the shell has joined the cgroup in every hierarchy,
-    /// so everything it does is charged to the cgroup from its first instruction.
-    /// `program` is passed to the script as `$PROGRAM` (no quoting to get wrong).
-    fn run(&mut self, script: &str, program: &str) -> u32 {
-        let procs: Vec<String> = self
-            .dirs
-            .iter()
-            .map(|dir| dir.join("cgroup.procs").display().to_string())
-            .collect();
-        let joined = format!(
-            "for f in {}; do echo $$ > $f || exit 9; done; {script}",
-            procs.join(" ")
-        );
-        let child = Command::new("sh")
-            .args(["-c", &joined])
-            .env("PROGRAM", program)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn workload");
-        let pid = child.id();
-        self.children.push(child);
-        // Wait until the process is a member (the shell writes cgroup.procs first).
-        wait_for(|| {
-            self.kernel_value("memory", "cgroup.procs")
-                .lines()
-                .any(|line| line.trim() == pid.to_string())
-        });
-        pid
-    }
-
-    fn collect(&self, collector: &mut ContainerCollector) -> ContainerMetrics {
-        collector
-            .collect(0)
-            .containers
-            .into_iter()
-            .find(|container| container.id == self.id)
-            .expect("the test cgroup is discovered as a Docker container")
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        for namespace in &self.namespaces {
-            let _ = Command::new("ip")
-                .args(["netns", "delete", namespace])
-                .status();
-        }
-        for dir in self.dirs.iter().chain(&self.created_parents) {
-            for _ in 0..50 {
-                if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-}
-
-/// Makes a cgroup directory; a v1 cpuset cgroup takes no task until it has CPUs and
-/// memory nodes, so those are copied from the hierarchy root (as runtimes do).
-fn create_dir(dir: &std::path::Path, root: &std::path::Path) {
-    std::fs::create_dir(dir).unwrap_or_else(|error| panic!("mkdir {}: {error}", dir.display()));
-    for file in ["cpuset.cpus", "cpuset.mems"] {
-        if let Ok(value) = std::fs::read_to_string(root.join(file)) {
-            std::fs::write(dir.join(file), value.trim())
-                .unwrap_or_else(|error| panic!("{file}: {error}"));
-        }
-    }
-}
-
-fn rand_u64() -> u64 {
-    let mut bytes = [0u8; 8];
-    if let Ok(mut file) = std::fs::File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut file, &mut bytes);
-    }
-    u64::from_ne_bytes(bytes)
-}
-
-fn wait_for(mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !condition() {
-        assert!(Instant::now() < deadline, "condition not met within 10 s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn collect(cgroup: &TestCgroup, collector: &mut ContainerCollector) -> ContainerMetrics {
+    collector
+        .collect(0)
+        .containers
+        .into_iter()
+        .find(|container| container.id == cgroup.id)
+        .expect("the test cgroup is discovered as a Docker container")
 }
 
 fn collector() -> ContainerCollector {
@@ -202,6 +44,7 @@ fn cpu_burner_with_a_half_cpu_quota() {
     if skip_unless_root("cpu_burner_with_a_half_cpu_quota") {
         return;
     }
+    let _serial = serial();
     let mut cgroup = TestCgroup::new();
     cgroup.write("cpu", "cpu.cfs_period_us", "100000");
     cgroup.write("cpu", "cpu.cfs_quota_us", "50000");
@@ -213,9 +56,9 @@ fn cpu_burner_with_a_half_cpu_quota() {
         .trim()
         .parse()
         .expect("ns");
-    cgroup.collect(&mut collector);
+    collect(&cgroup, &mut collector);
     std::thread::sleep(Duration::from_secs(2));
-    let metrics = cgroup.collect(&mut collector);
+    let metrics = collect(&cgroup, &mut collector);
     let kernel_after: u64 = cgroup
         .kernel_value("cpuacct", "cpuacct.usage")
         .trim()
@@ -254,6 +97,7 @@ fn memory_allocation_of_known_size() {
     if skip_unless_root("memory_allocation_of_known_size") {
         return;
     }
+    let _serial = serial();
     let mut cgroup = TestCgroup::new();
     cgroup.write("memory", "memory.limit_in_bytes", &(256 * MIB).to_string());
     // 96 MiB of written (not just reserved) anonymous memory, then wait.
@@ -275,7 +119,7 @@ fn memory_allocation_of_known_size() {
         .trim()
         .parse()
         .expect("bytes");
-    let metrics = cgroup.collect(&mut collector);
+    let metrics = collect(&cgroup, &mut collector);
     let after: u64 = cgroup
         .kernel_value("memory", "memory.usage_in_bytes")
         .trim()
@@ -300,6 +144,7 @@ fn direct_io_write_counts_with_a_throttle_rule_and_is_unavailable_without() {
     if skip_unless_root("direct_io_write_counts_with_a_throttle_rule_and_is_unavailable_without") {
         return;
     }
+    let _serial = serial();
     let dir =
         tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).expect("temp dir on a real block device");
     let device = {
@@ -313,7 +158,7 @@ fn direct_io_write_counts_with_a_throttle_rule_and_is_unavailable_without() {
     };
     let mut cgroup = TestCgroup::new();
     let mut collector = collector();
-    let first = cgroup.collect(&mut collector);
+    let first = collect(&cgroup, &mut collector);
     assert!(
         first.block_write_bytes.is_none(),
         "no throttle rule: not a confident 0"
@@ -342,7 +187,7 @@ fn direct_io_write_counts_with_a_throttle_rule_and_is_unavailable_without() {
         std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
             .is_ok_and(|cmdline| cmdline.starts_with("sleep"))
     });
-    let metrics = cgroup.collect(&mut collector);
+    let metrics = collect(&cgroup, &mut collector);
     let written = metrics
         .block_write_bytes
         .expect("a rule makes v1 blkio trustworthy");
@@ -367,6 +212,7 @@ fn network_namespace_traffic_over_a_veth_pair() {
     if skip_unless_root("network_namespace_traffic_over_a_veth_pair") {
         return;
     }
+    let _serial = serial();
     let mut cgroup = TestCgroup::new();
     let suffix = cgroup.id[..6].to_owned();
     let (inside, peer) = (format!("hxa{suffix}"), format!("hxb{suffix}"));
@@ -424,7 +270,7 @@ fn network_namespace_traffic_over_a_veth_pair() {
             .expect("TX bytes")
     };
     let before = reference(&format!("va{suffix}"));
-    let metrics = cgroup.collect(&mut collector);
+    let metrics = collect(&cgroup, &mut collector);
     let after = reference(&format!("va{suffix}"));
     let network = metrics.network.as_ref().expect("own network namespace");
     let tx = metrics.network_tx_bytes.expect("tx");
@@ -447,9 +293,10 @@ fn a_container_in_the_host_network_namespace_is_not_credited_host_traffic() {
     if skip_unless_root("a_container_in_the_host_network_namespace_is_not_credited_host_traffic") {
         return;
     }
+    let _serial = serial();
     let mut cgroup = TestCgroup::new();
     cgroup.run("exec sleep 60", "");
-    let metrics = cgroup.collect(&mut collector());
+    let metrics = collect(&cgroup, &mut collector());
     assert_eq!(metrics.network_rx_bytes, None);
     assert!(metrics.unavailable["network"].contains("host network namespace"));
 }

@@ -2,6 +2,8 @@
 // Each test binary includes this module and uses a different subset of it.
 #![allow(dead_code)]
 
+pub mod cgroup;
+
 use std::{
     io::Write,
     net::{SocketAddr, TcpListener},

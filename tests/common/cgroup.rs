@@ -1,0 +1,176 @@
+//! Container-like cgroups for live tests (root): `docker/<64-hex id>` in every
+//! hierarchy of this host, with workloads started inside, removed in `Drop`.
+// Each test binary includes this module and uses a different subset of it.
+#![allow(dead_code)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use horcrux_agent::{cgroup::Hierarchies, procfs::mountinfo};
+
+pub fn hierarchies() -> Hierarchies {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    Hierarchies::from_mounts(&mountinfo::parse(&text).expect("parses"))
+}
+
+/// True (after saying why) when the test cannot run here.
+pub fn skip_unless_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return false;
+    }
+    eprintln!("SKIPPED {test}: creating cgroups needs root; CI runs as root");
+    true
+}
+
+/// One live test at a time: they share the `docker/` parents, and a CPU burner in
+/// one would skew another's numbers. Hold the guard for the whole test.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A container-like cgroup `docker/<random 64-hex id>` in every hierarchy.
+pub struct TestCgroup {
+    pub id: String,
+    hierarchies: Hierarchies,
+    dirs: Vec<PathBuf>,
+    /// `docker/` parents that did not exist before the test.
+    created_parents: Vec<PathBuf>,
+    children: Vec<Child>,
+    pub namespaces: Vec<String>,
+}
+
+impl TestCgroup {
+    pub fn new() -> Self {
+        Self::with_id((0..4).map(|_| format!("{:016x}", rand_u64())).collect())
+    }
+
+    /// A cgroup for the 64-hex `id` (tests of id prefixes choose their own).
+    pub fn with_id(id: String) -> Self {
+        let hierarchies = hierarchies();
+        let mut roots: Vec<PathBuf> = hierarchies.v1.values().cloned().collect();
+        roots.sort();
+        roots.dedup();
+        roots.extend(hierarchies.unified.clone());
+        let mut cgroup = Self {
+            id,
+            hierarchies,
+            dirs: Vec::new(),
+            created_parents: Vec::new(),
+            children: Vec::new(),
+            namespaces: Vec::new(),
+        };
+        for root in roots {
+            let parent = root.join("docker");
+            if !parent.exists() {
+                create_dir(&parent, &root);
+                cgroup.created_parents.push(parent.clone());
+            }
+            let dir = parent.join(&cgroup.id);
+            create_dir(&dir, &root);
+            cgroup.dirs.push(dir);
+        }
+        cgroup
+    }
+
+    pub fn controller_file(&self, controller: &str, file: &str) -> PathBuf {
+        self.hierarchies.v1[controller]
+            .join("docker")
+            .join(&self.id)
+            .join(file)
+    }
+
+    pub fn kernel_value(&self, controller: &str, file: &str) -> String {
+        std::fs::read_to_string(self.controller_file(controller, file)).expect("kernel file")
+    }
+
+    pub fn write(&self, controller: &str, file: &str, value: &str) {
+        std::fs::write(self.controller_file(controller, file), value).expect("write cgroup file");
+    }
+
+    /// Runs `script` with sh after the shell has joined the cgroup in every hierarchy,
+    /// so everything it does is charged to the cgroup from its first instruction.
+    /// `program` is passed to the script as `$PROGRAM` (no quoting to get wrong).
+    pub fn run(&mut self, script: &str, program: &str) -> u32 {
+        let procs: Vec<String> = self
+            .dirs
+            .iter()
+            .map(|dir| dir.join("cgroup.procs").display().to_string())
+            .collect();
+        let joined = format!(
+            "for f in {}; do echo $$ > $f || exit 9; done; {script}",
+            procs.join(" ")
+        );
+        let child = Command::new("sh")
+            .args(["-c", &joined])
+            .env("PROGRAM", program)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn workload");
+        let pid = child.id();
+        self.children.push(child);
+        // Wait until the process is a member (the shell writes cgroup.procs first).
+        wait_for(|| {
+            self.kernel_value("memory", "cgroup.procs")
+                .lines()
+                .any(|line| line.trim() == pid.to_string())
+        });
+        pid
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for namespace in &self.namespaces {
+            let _ = Command::new("ip")
+                .args(["netns", "delete", namespace])
+                .status();
+        }
+        for dir in self.dirs.iter().chain(&self.created_parents) {
+            for _ in 0..50 {
+                if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// Makes a cgroup directory; a v1 cpuset cgroup takes no task until it has CPUs and
+/// memory nodes, so those are copied from the hierarchy root (as runtimes do).
+fn create_dir(dir: &Path, root: &Path) {
+    std::fs::create_dir(dir).unwrap_or_else(|error| panic!("mkdir {}: {error}", dir.display()));
+    for file in ["cpuset.cpus", "cpuset.mems"] {
+        if let Ok(value) = std::fs::read_to_string(root.join(file)) {
+            std::fs::write(dir.join(file), value.trim())
+                .unwrap_or_else(|error| panic!("{file}: {error}"));
+        }
+    }
+}
+
+fn rand_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    if let Ok(mut file) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut file, &mut bytes);
+    }
+    u64::from_ne_bytes(bytes)
+}
+
+pub fn wait_for(mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(Instant::now() < deadline, "condition not met within 10 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,172 @@
+//! End-to-end container tests (root): the real agent binary with a 1 s container
+//! interval discovers container cgroups created by the test, serves them over REST
+//! with id/prefix/name lookup, and announces them over the WebSocket.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{
+    Agent,
+    cgroup::{TestCgroup, serial, skip_unless_root},
+};
+use futures_util::StreamExt;
+use serde_json::Value;
+use tokio_tungstenite::{connect_async, tungstenite::Message};
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Reads messages until one satisfies `wanted` (15 s at most).
+async fn wait_for_message(socket: &mut Socket, wanted: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let message = tokio::time::timeout(left, socket.next())
+            .await
+            .expect("the expected WebSocket message within 15 s")
+            .expect("stream open")
+            .expect("valid frame");
+        if let Message::Text(text) = message {
+            let value: Value = serde_json::from_str(&text).expect("JSON");
+            if wanted(&value) {
+                return value;
+            }
+        }
+    }
+}
+
+async fn listed(agent: &Agent, id: &str) -> bool {
+    let (_, list) = agent.get("/api/containers").await;
+    list["containers"]
+        .as_array()
+        .is_some_and(|containers| containers.iter().any(|container| container["id"] == id))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn containers_are_discovered_served_and_announced() {
+    if skip_unless_root("containers_are_discovered_served_and_announced") {
+        return;
+    }
+    let _serial = serial();
+    let agent = Agent::start("[monitoring]\nvm_metrics_interval = 1\n");
+    agent.wait_for_cycles(1).await;
+    let (mut socket, _) = connect_async(agent.ws_url()).await.expect("WebSocket");
+
+    let mut cgroup = TestCgroup::new();
+    cgroup.run("exec sleep 120", "");
+    let id = cgroup.id.clone();
+    let appeared = wait_for_message(&mut socket, |m| {
+        m["type"] == "VmStatusChanged" && m["vm_id"] == id
+    })
+    .await;
+    assert_eq!(appeared["old_status"], Value::Null);
+    assert_eq!(appeared["new_status"], "running");
+    assert_eq!(appeared["runtime"], "docker");
+    let metrics_message = wait_for_message(&mut socket, |m| {
+        m["type"] == "VmMetrics" && m["vm_id"] == id
+    })
+    .await;
+    for field in [
+        "cpu_usage",
+        "memory_usage",
+        "disk_read",
+        "disk_write",
+        "network_rx",
+        "network_tx",
+        "timestamp",
+    ] {
+        assert!(
+            metrics_message.get(field).is_some(),
+            "VmMetrics lacks {field}: {metrics_message}"
+        );
+    }
+
+    assert!(listed(&agent, &id).await);
+    let (status, metrics) = agent.get(&format!("/api/containers/{id}/metrics")).await;
+    assert_eq!(status, 200, "{metrics}");
+    for field in [
+        "cpu_usage_percent",
+        "memory_usage_bytes",
+        "memory_limit_bytes",
+        "block_read_bytes",
+        "block_write_bytes",
+        "network_rx_bytes",
+        "network_tx_bytes",
+    ] {
+        assert!(
+            metrics.get(field).is_some(),
+            "spec field {field} missing: {metrics}"
+        );
+    }
+    assert!(metrics["memory_usage_bytes"].is_u64());
+    assert_eq!(metrics["memory_limit_bytes"], Value::Null, "no limit set");
+    assert_eq!(
+        metrics["block_write_bytes"],
+        Value::Null,
+        "v1 blkio without a rule is not a confident 0"
+    );
+    assert_eq!(
+        metrics["network_rx_bytes"],
+        Value::Null,
+        "host network namespace"
+    );
+    assert_eq!(metrics["cgroup"], format!("/docker/{id}"));
+
+    let (status, by_prefix) = agent
+        .get(&format!("/api/containers/{}/metrics", &id[..12]))
+        .await;
+    assert_eq!(
+        (status, &by_prefix["id"]),
+        (200, &Value::String(id.clone()))
+    );
+    let (status, body) = agent
+        .get(&format!("/api/containers/{}/metrics", &id[..11]))
+        .await;
+    assert_eq!(status, 404, "11 digits is too short to be a prefix: {body}");
+    assert!(body["error"].is_string());
+    for malformed in ["bad%2Fid", "has%20space", "..%2F..%2Fetc"] {
+        let (status, body) = agent
+            .get(&format!("/api/containers/{malformed}/metrics"))
+            .await;
+        assert_eq!(status, 400, "{malformed}: {body}");
+    }
+    let (status, _) = agent
+        .get(&format!("/api/containers/{}/metrics", "0".repeat(64)))
+        .await;
+    assert_eq!(status, 404);
+
+    // A second container whose id shares the first 12 digits makes that prefix ambiguous.
+    let twin_id = format!("{}{}", &id[..12], "0".repeat(52));
+    let twin = TestCgroup::with_id(twin_id.clone());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !listed(&agent, &twin_id).await {
+        assert!(Instant::now() < deadline, "twin never listed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, body) = agent
+        .get(&format!("/api/containers/{}/metrics", &id[..12]))
+        .await;
+    assert_eq!(status, 409, "{body}");
+    let (status, _) = agent
+        .get(&format!("/api/containers/{}/metrics", &id[..13]))
+        .await;
+    assert_eq!(status, 200, "a longer prefix is unique again");
+    let empty = wait_for_message(&mut socket, |m| {
+        m["type"] == "VmStatusChanged" && m["vm_id"] == twin_id
+    })
+    .await;
+    assert_eq!(empty["new_status"], "empty", "a cgroup without processes");
+
+    drop(twin);
+    drop(cgroup);
+    let gone = wait_for_message(&mut socket, |m| {
+        m["type"] == "VmStatusChanged" && m["vm_id"] == id
+    })
+    .await;
+    assert_eq!(
+        (&gone["old_status"], &gone["new_status"]),
+        (&Value::from("running"), &Value::Null)
+    );
+    assert!(!listed(&agent, &id).await);
+}
