@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     Agent,
-    cgroup::{TestCgroup, serial, skip_unless_root},
+    cgroup::{TestCgroup, skip_unless_root},
 };
 use futures_util::StreamExt;
 use serde_json::Value;
@@ -48,7 +48,6 @@ async fn containers_are_discovered_served_and_announced() {
     if skip_unless_root("containers_are_discovered_served_and_announced") {
         return;
     }
-    let _serial = serial();
     let agent = Agent::start("[monitoring]\nvm_metrics_interval = 1\n");
     agent.wait_for_cycles(1).await;
     let (mut socket, _) = connect_async(agent.ws_url()).await.expect("WebSocket");
