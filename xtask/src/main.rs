@@ -14,8 +14,16 @@ use std::{
 };
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Reference tools used by the tests: `free` (procps), `ip` (iproute2), `df` (coreutils).
-const TEST_PACKAGES: &[&str] = &["procps", "iproute2", "coreutils"];
+/// What the tests run or compare against: `free`/`uptime` (procps), `ip` (iproute2),
+/// `df` (coreutils), real container runtimes and a busybox-static image root.
+const TEST_PACKAGES: &[&str] = &[
+    "procps",
+    "iproute2",
+    "coreutils",
+    "python3",
+    "docker.io",
+    "busybox-static",
+];
 
 type Result<T = ()> = std::result::Result<T, String>;
 
