@@ -4,6 +4,11 @@
 //! 2. The real agent binary at a 1 s interval: CPU per second (= per cycle) and RSS.
 //! 3. prometheus-node-exporter, when installed, measured the same way in the same
 //!    run: CPU per scrape and RSS, and the ratio to ours.
+//! 4. As root: the container collector over 10, 100 and 1,000 Docker-like cgroups
+//!    created in this host's hierarchies: CPU per cycle and resident memory.
+
+#[path = "../../tests/common/cgroup.rs"]
+mod cgroup;
 
 use std::{
     io::{Read, Write},
@@ -12,7 +17,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use horcrux_agent::collector::node::{NodeCollector, NodeSources};
+use horcrux_agent::{
+    cgroup::stats::CgroupReader,
+    collector::{
+        containers::ContainerCollector,
+        node::{NodeCollector, NodeSources},
+    },
+};
 
 const CYCLES: u32 = 500;
 const SETTLE: Duration = Duration::from_secs(3);
@@ -146,6 +157,36 @@ fn node_exporter(ours: Duration) {
     );
 }
 
+fn containers() {
+    if !nix::unistd::geteuid().is_root() {
+        println!("container collection: not measured (creating cgroups needs root)");
+        return;
+    }
+    let own_pid = std::process::id();
+    for count in [10, 100, 1000] {
+        // Popped in reverse so the cgroup that created the `docker/` parents goes last.
+        let mut cgroups: Vec<cgroup::TestCgroup> =
+            (0..count).map(|_| cgroup::TestCgroup::new()).collect();
+        let mut collector =
+            ContainerCollector::new(CgroupReader::new(cgroup::hierarchies(), false), "/proc");
+        let found = collector.collect(0).containers.len();
+        let rounds = 20;
+        let cpu_start = thread_cpu();
+        for _ in 0..rounds {
+            std::hint::black_box(collector.collect(0));
+        }
+        let per_cycle = (thread_cpu() - cpu_start) / rounds;
+        println!(
+            "container collection, {count} cgroups ({found} found): CPU {per_cycle:.2?}/cycle ({:.1?}/container), bench RSS {:.1} MiB",
+            per_cycle / count,
+            rss_kib(own_pid) as f64 / 1024.0
+        );
+        while let Some(cgroup) = cgroups.pop() {
+            drop(cgroup);
+        }
+    }
+}
+
 fn main() {
     // `cargo test --benches` runs this with --bench absent; only measure on `cargo bench`.
     if !std::env::args().any(|arg| arg == "--bench") {
@@ -154,4 +195,5 @@ fn main() {
     in_process();
     let ours = agent();
     node_exporter(ours);
+    containers();
 }

@@ -101,7 +101,7 @@ fn discovers_v1_and_hybrid_containers_once_each() {
 fn reads_every_family_from_cgroup_v2() {
     let mut reader = CgroupReader::new(v2_host(&fixtures()), true);
     let docker = reader
-        .read(&format!("system.slice/docker-{}.scope", id('a')))
+        .read(&format!("system.slice/docker-{}.scope", id('a')), false)
         .expect("exists");
     let cpu = docker.cpu.expect("cpu");
     assert_eq!(
@@ -152,7 +152,7 @@ fn reads_every_family_from_cgroup_v2() {
 fn malformed_and_unlimited_files_are_reported_not_guessed() {
     let mut reader = CgroupReader::new(v2_host(&fixtures()), false);
     let podman = reader
-        .read(&format!("machine.slice/libpod-{}.scope", id('b')))
+        .read(&format!("machine.slice/libpod-{}.scope", id('b')), false)
         .expect("exists");
     assert_eq!(
         podman.cpu.expect("cpu").limit_cores,
@@ -174,11 +174,9 @@ fn malformed_and_unlimited_files_are_reported_not_guessed() {
     assert!(podman.frozen, "cgroup.events frozen 1");
     assert!(podman.pressure.expect_err("PSI off").contains("psi=1"));
     // The containerd container has no io.stat at all: unavailable, not an error.
-    let containerd = reader
-        .read(&format!(
+    let containerd = reader.read(&format!(
             "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod12ab_34cd.slice/cri-containerd-{}.scope",
-            id('c')
-        ))
+            id('c')), false)
         .expect("exists");
     assert!(containerd.block_io.is_err() && containerd.errors.is_empty());
     assert_eq!(
@@ -191,7 +189,9 @@ fn malformed_and_unlimited_files_are_reported_not_guessed() {
 #[test]
 fn reads_v1_on_a_hybrid_host_and_refuses_blkio_without_a_rule() {
     let mut reader = CgroupReader::new(hybrid_host(&fixtures()), false);
-    let docker = reader.read(&format!("docker/{}", id('d'))).expect("exists");
+    let docker = reader
+        .read(&format!("docker/{}", id('d')), false)
+        .expect("exists");
     let cpu = docker.cpu.expect("cpu");
     assert_eq!(
         cpu.usage_ns, 4_000_000_000,
@@ -225,7 +225,7 @@ fn reads_v1_on_a_hybrid_host_and_refuses_blkio_without_a_rule() {
     assert!(!docker.frozen);
 
     let podman = reader
-        .read(&format!("libpod_parent/libpod-{}", id('e')))
+        .read(&format!("libpod_parent/libpod-{}", id('e')), false)
         .expect("exists");
     assert_eq!(podman.cpu.expect("cpu").limit_cores, Some(1.5));
     let block = podman
@@ -251,7 +251,10 @@ fn a_cgroup_that_vanished_since_discovery_is_skipped() {
     let mut reader = CgroupReader::new(hybrid_host(&fixtures()), false);
     assert!(
         reader
-            .read("docker/0000000000000000000000000000000000000000000000000000000000000000")
+            .read(
+                "docker/0000000000000000000000000000000000000000000000000000000000000000",
+                false
+            )
             .is_none()
     );
 }

@@ -157,8 +157,7 @@ fn direct_io_write_counts_with_a_throttle_rule_and_is_unavailable_without() {
         )
     };
     let mut cgroup = TestCgroup::new();
-    let mut collector = collector();
-    let first = collect(&cgroup, &mut collector);
+    let first = collect(&cgroup, &mut collector());
     assert!(
         first.block_write_bytes.is_none(),
         "no throttle rule: not a confident 0"
@@ -175,6 +174,8 @@ fn direct_io_write_counts_with_a_throttle_rule_and_is_unavailable_without() {
         eprintln!("SKIPPED the counted half: {device} takes no blk-throttle rule (a partition?)");
         return;
     }
+    // Limits and rules are re-read every few cycles; a fresh collector reads them now.
+    let mut collector = collector();
     let file = dir.path().join("direct.bin");
     let pid = cgroup.run(
         &format!(

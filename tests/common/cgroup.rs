@@ -136,13 +136,18 @@ impl Drop for TestCgroup {
                 .args(["netns", "delete", namespace])
                 .status();
         }
-        for dir in self.dirs.iter().chain(&self.created_parents) {
+        // A cgroup can be removed once its processes have exited: retry briefly.
+        for dir in &self.dirs {
             for _ in 0..50 {
                 if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
+        }
+        // Parents this cgroup created go too, unless another test cgroup still uses them.
+        for parent in &self.created_parents {
+            let _ = std::fs::remove_dir(parent);
         }
     }
 }

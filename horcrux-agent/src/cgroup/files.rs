@@ -33,6 +33,26 @@ pub fn flat_keyed(text: &str) -> Result<BTreeMap<String, u64>, ParseError> {
     Ok(values)
 }
 
+/// v1 `cpuacct.usage_all`: a "cpu user system" header, then nanoseconds per CPU.
+/// Returns (user, system) summed over CPUs (tick-based: their sum is not `cpuacct.usage`).
+pub fn cpuacct_usage_all(text: &str) -> Result<(u64, u64), ParseError> {
+    let mut lines = text.lines().enumerate();
+    match lines.next() {
+        Some((_, header)) if header.split_whitespace().eq(["cpu", "user", "system"]) => {}
+        _ => return Err(ParseError::new(1, "expected header \"cpu user system\"")),
+    }
+    let (mut user, mut system) = (0u64, 0u64);
+    for (index, line) in lines {
+        let mut fields = line.split_whitespace();
+        if fields.next().is_none() {
+            continue;
+        }
+        user = user.saturating_add(parse_u64(fields.next(), index + 1, "user")?);
+        system = system.saturating_add(parse_u64(fields.next(), index + 1, "system")?);
+    }
+    Ok((user, system))
+}
+
 /// `cpu.max`: "$MAX $PERIOD" → the limit in CPUs (`None` = unlimited).
 pub fn cpu_max(text: &str) -> Result<Option<f64>, ParseError> {
     let mut fields = text.split_whitespace();
@@ -238,6 +258,16 @@ mod tests {
         assert!(cpu_max("").is_err());
         assert_eq!(cores(-1, 100_000), None);
         assert_eq!(cores(150_000, 100_000), Some(1.5));
+    }
+
+    #[test]
+    fn cpuacct_usage_all_sums_cpus() {
+        assert_eq!(
+            cpuacct_usage_all("cpu user system\n0 10 5\n1 20 7\n"),
+            Ok((30, 12))
+        );
+        assert!(cpuacct_usage_all("0 10 5\n").is_err());
+        assert!(cpuacct_usage_all("cpu user system\n0 10\n").is_err());
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! be read is `Err(reason)`, never a made-up zero.
 
 use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
+    collections::{BTreeMap, HashMap, HashSet},
+    path::PathBuf,
 };
 
 use super::{Hierarchies, Hierarchy, files};
@@ -92,10 +92,27 @@ pub struct ContainerCounters {
     pub errors: Vec<SourceError>,
 }
 
+/// Re-read limits and throttle rules every this many cycles (1 min at the default
+/// 10 s interval): runtimes write them once, and they cost a file each per container.
+pub const LIMITS_REFRESH_CYCLES: u64 = 6;
+
+/// Settings rather than measurements: a container's limits and whether its v1 blkio
+/// cgroup has a throttle rule.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Limits {
+    cpu_cores: Option<f64>,
+    memory: Option<u64>,
+    pids: Option<u64>,
+    blkio_rule: bool,
+}
+
 pub struct CgroupReader {
     hierarchies: Hierarchies,
     text: TextReader,
     psi_enabled: bool,
+    cycle: u64,
+    /// Per cgroup path: the cycle the limits were read in, and the limits.
+    limits: HashMap<String, (u64, Limits)>,
 }
 
 impl CgroupReader {
@@ -104,7 +121,16 @@ impl CgroupReader {
             hierarchies,
             text: TextReader::new("/"),
             psi_enabled,
+            cycle: 0,
+            limits: HashMap::new(),
         }
+    }
+
+    /// Starts a cycle over the cgroups in `live`; cached limits of others are dropped.
+    pub fn begin_cycle<'a>(&mut self, live: impl Iterator<Item = &'a str>) {
+        self.cycle += 1;
+        let live: HashSet<&str> = live.collect();
+        self.limits.retain(|path, _| live.contains(path.as_str()));
     }
 
     pub fn hierarchies(&self) -> &Hierarchies {
@@ -182,24 +208,97 @@ impl CgroupReader {
     }
 
     /// Reads a container's counters, or `None` if its cgroup no longer exists.
-    pub fn read(&mut self, relative_path: &str) -> Option<ContainerCounters> {
-        let mut errors = Vec::new();
-        let cpu = self.cpu(relative_path, &mut errors);
-        let memory = self.memory(relative_path, &mut errors);
-        let block_io = self.block_io(relative_path, &mut errors);
-        let pids = self.pids(relative_path, &mut errors);
-        let pressure = self.pressure(relative_path, &mut errors);
+    /// `search_children`: look for member processes in child cgroups too (LXC).
+    pub fn read(
+        &mut self,
+        relative_path: &str,
+        search_children: bool,
+    ) -> Option<ContainerCounters> {
         let member_dir = self.member_dir(relative_path)?;
+        let mut errors = Vec::new();
+        let limits = self.cached_limits(relative_path, &mut errors);
         Some(ContainerCounters {
-            processes: self.processes(&member_dir),
+            cpu: self.cpu(relative_path, &limits, &mut errors),
+            memory: self.memory(relative_path, &limits, &mut errors),
+            block_io: self.block_io(relative_path, &limits, &mut errors),
+            pids: self.pids(relative_path, &limits, &mut errors),
+            pressure: self.pressure(relative_path, &mut errors),
+            processes: self.processes(&member_dir, search_children),
             frozen: self.frozen(relative_path),
-            cpu,
-            memory,
-            block_io,
-            pids,
-            pressure,
             errors,
         })
+    }
+
+    fn cached_limits(&mut self, relative: &str, errors: &mut Vec<SourceError>) -> Limits {
+        match self.limits.get(relative) {
+            Some((read_in, limits))
+                if self.cycle.saturating_sub(*read_in) < LIMITS_REFRESH_CYCLES =>
+            {
+                *limits
+            }
+            _ => {
+                let limits = self.read_limits(relative, errors);
+                self.limits
+                    .insert(relative.to_owned(), (self.cycle, limits));
+                limits
+            }
+        }
+    }
+
+    fn read_limits(&mut self, relative: &str, errors: &mut Vec<SourceError>) -> Limits {
+        let mut limits = Limits::default();
+        let open = |root: &PathBuf| CgroupDir::open(root.join(relative)).ok();
+        let unified = self.hierarchies.unified.as_ref().and_then(open);
+        if self.cpu_from_unified() {
+            if let Some(dir) = &unified {
+                limits.cpu_cores = self
+                    .optional(dir, "cpu.max", files::cpu_max, errors)
+                    .flatten();
+            }
+        } else if let Some(dir) = self.hierarchies.v1.get("cpu").and_then(open) {
+            let quota = self.optional(&dir, "cpu.cfs_quota_us", signed, errors);
+            let period = self.optional(&dir, "cpu.cfs_period_us", files::single, errors);
+            limits.cpu_cores = quota
+                .zip(period)
+                .and_then(|(quota, period)| files::cores(quota, period));
+        }
+        // (directory, whether it is cgroup2) of each controller, resolved up front.
+        let hierarchies = &self.hierarchies;
+        let dir_of = |v2, v1| {
+            let hierarchy = hierarchies.locate(v2, v1)?;
+            Some((
+                open(&hierarchy.root().to_path_buf())?,
+                matches!(hierarchy, Hierarchy::Unified(_)),
+            ))
+        };
+        let (memory, pids, blkio) = (
+            dir_of("memory", "memory"),
+            dir_of("pids", "pids"),
+            dir_of("io", "blkio"),
+        );
+        if let Some((dir, unified)) = memory {
+            let name = if unified {
+                "memory.max"
+            } else {
+                "memory.limit_in_bytes"
+            };
+            limits.memory = self.optional(&dir, name, files::limit, errors).flatten();
+        }
+        if let Some((dir, _)) = pids {
+            limits.pids = self
+                .optional(&dir, "pids.max", files::limit, errors)
+                .flatten();
+        }
+        if let Some((dir, false)) = blkio {
+            limits.blkio_rule = ["read_bps", "write_bps", "read_iops", "write_iops"]
+                .iter()
+                .any(|kind| {
+                    let name = format!("blkio.throttle.{kind}_device");
+                    self.optional(&dir, &name, |text| Ok(!text.trim().is_empty()), errors)
+                        == Some(true)
+                });
+        }
+        limits
     }
 
     /// The container's directory in the hierarchy that lists its processes
@@ -218,6 +317,7 @@ impl CgroupReader {
     fn cpu(
         &mut self,
         relative: &str,
+        limits: &Limits,
         errors: &mut Vec<SourceError>,
     ) -> Result<CpuCounters, String> {
         let unified = self
@@ -226,8 +326,9 @@ impl CgroupReader {
             .clone()
             .map(|root| root.join(relative));
         match unified.filter(|dir| self.cpu_from_unified() && dir.is_dir()) {
-            Some(dir) => {
-                let stat = self.required(&dir.join("cpu.stat"), files::flat_keyed, errors)?;
+            Some(path) => {
+                let dir = CgroupDir::open(path)?;
+                let stat = self.required(&dir, "cpu.stat", files::flat_keyed, errors)?;
                 let usec = |key: &str| stat.get(key).map(|value| value.saturating_mul(1000));
                 let usage_ns = usec("usage_usec").ok_or("cpu.stat has no usage_usec")?;
                 let throttling = stat.get("nr_periods").map(|&periods| Throttling {
@@ -235,44 +336,50 @@ impl CgroupReader {
                     throttled_periods: stat.get("nr_throttled").copied().unwrap_or(0),
                     throttled_ns: usec("throttled_usec").unwrap_or(0),
                 });
-                let limit_cores = self
-                    .optional(&dir.join("cpu.max"), files::cpu_max, errors)
-                    .flatten();
                 Ok(CpuCounters {
                     usage_ns,
                     user_ns: usec("user_usec"),
                     system_ns: usec("system_usec"),
                     throttling,
-                    limit_cores,
+                    limit_cores: limits.cpu_cores,
                 })
             }
-            None => self.cpu_v1(relative, errors),
+            None => self.cpu_v1(relative, limits, errors),
         }
     }
 
     fn cpu_v1(
         &mut self,
         relative: &str,
+        limits: &Limits,
         errors: &mut Vec<SourceError>,
     ) -> Result<CpuCounters, String> {
-        let cpuacct = self
-            .hierarchies
-            .v1
-            .get("cpuacct")
-            .ok_or("no cpuacct controller mounted")?
-            .join(relative);
-        let usage_ns = self.required(&cpuacct.join("cpuacct.usage"), files::single, errors)?;
-        let user_ns = self.optional(&cpuacct.join("cpuacct.usage_user"), files::single, errors);
-        let system_ns = self.optional(&cpuacct.join("cpuacct.usage_sys"), files::single, errors);
-        let (mut throttling, mut limit_cores) = (None, None);
-        if let Some(cpu) = self
+        let cpuacct = CgroupDir::open(
+            self.hierarchies
+                .v1
+                .get("cpuacct")
+                .ok_or("no cpuacct controller mounted")?
+                .join(relative),
+        )?;
+        // cpuacct.usage is the scheduler's precise runtime; usage_all's user/system split
+        // is tick-based cputime (their sum differs), so it only provides the split.
+        let usage_ns = self.required(&cpuacct, "cpuacct.usage", files::single, errors)?;
+        let split = self.optional(
+            &cpuacct,
+            "cpuacct.usage_all",
+            files::cpuacct_usage_all,
+            errors,
+        );
+        let (user_ns, system_ns) = (split.map(|(user, _)| user), split.map(|(_, system)| system));
+        let mut throttling = None;
+        if let Some(Ok(cpu)) = self
             .hierarchies
             .v1
             .get("cpu")
-            .map(|root| root.join(relative))
+            .map(|root| CgroupDir::open(root.join(relative)))
         {
             throttling = self
-                .optional(&cpu.join("cpu.stat"), files::flat_keyed, errors)
+                .optional(&cpu, "cpu.stat", files::flat_keyed, errors)
                 .and_then(|stat| {
                     Some(Throttling {
                         periods: *stat.get("nr_periods")?,
@@ -280,86 +387,74 @@ impl CgroupReader {
                         throttled_ns: *stat.get("throttled_time")?,
                     })
                 });
-            let quota = self.optional(&cpu.join("cpu.cfs_quota_us"), signed, errors);
-            let period = self.optional(&cpu.join("cpu.cfs_period_us"), files::single, errors);
-            limit_cores = quota
-                .zip(period)
-                .and_then(|(quota, period)| files::cores(quota, period));
         }
         Ok(CpuCounters {
             usage_ns,
             user_ns,
             system_ns,
             throttling,
-            limit_cores,
+            limit_cores: limits.cpu_cores,
         })
     }
 
     fn memory(
         &mut self,
         relative: &str,
+        limits: &Limits,
         errors: &mut Vec<SourceError>,
     ) -> Result<MemoryCounters, String> {
         let hierarchy = self
             .hierarchies
             .locate("memory", "memory")
             .ok_or("no memory controller")?;
-        let dir = hierarchy.root().join(relative);
+        let dir = CgroupDir::open(hierarchy.root().join(relative))?;
         match hierarchy {
             Hierarchy::Unified(_) => {
-                let usage = self.required(&dir.join("memory.current"), files::single, errors)?;
-                let stat = self.required(&dir.join("memory.stat"), files::flat_keyed, errors)?;
-                let events = self.optional(&dir.join("memory.events"), files::flat_keyed, errors);
+                let usage = self.required(&dir, "memory.current", files::single, errors)?;
+                let stat = self.required(&dir, "memory.stat", files::flat_keyed, errors)?;
+                let events = self.optional(&dir, "memory.events", files::flat_keyed, errors);
                 let event = |key: &str| events.as_ref().and_then(|events| events.get(key).copied());
                 let value = |key: &str| stat.get(key).copied().unwrap_or(0);
                 Ok(MemoryCounters {
                     usage,
-                    limit: self
-                        .optional(&dir.join("memory.max"), files::limit, errors)
-                        .flatten(),
+                    limit: limits.memory,
                     anon: value("anon"),
                     file: value("file"),
                     active_file: value("active_file"),
                     inactive_file: value("inactive_file"),
                     kernel: stat.get("kernel").copied(),
                     slab: stat.get("slab").copied(),
-                    swap: self.optional(&dir.join("memory.swap.current"), files::single, errors),
+                    swap: self.optional(&dir, "memory.swap.current", files::single, errors),
                     oom_events: event("oom"),
                     oom_kills: event("oom_kill"),
                     limit_hits: event("max"),
                 })
             }
             Hierarchy::V1(_) => {
-                let usage =
-                    self.required(&dir.join("memory.usage_in_bytes"), files::single, errors)?;
-                let limit =
-                    self.required(&dir.join("memory.limit_in_bytes"), files::limit, errors)?;
-                let stat = self.required(&dir.join("memory.stat"), files::flat_keyed, errors)?;
+                let usage = self.required(&dir, "memory.usage_in_bytes", files::single, errors)?;
+                let stat = self.required(&dir, "memory.stat", files::flat_keyed, errors)?;
                 // total_* keys include descendants, as usage_in_bytes does.
                 let value = |key: &str| stat.get(key).copied().unwrap_or(0);
-                let oom = self.optional(&dir.join("memory.oom_control"), files::flat_keyed, errors);
-                let memsw = self.optional(
-                    &dir.join("memory.memsw.usage_in_bytes"),
-                    files::single,
-                    errors,
-                );
+                let oom = self.optional(&dir, "memory.oom_control", files::flat_keyed, errors);
                 Ok(MemoryCounters {
                     usage,
-                    limit,
+                    limit: limits.memory,
                     anon: value("total_rss") + value("total_shmem"),
                     file: value("total_cache"),
                     active_file: value("total_active_file"),
                     inactive_file: value("total_inactive_file"),
                     kernel: self.optional(
-                        &dir.join("memory.kmem.usage_in_bytes"),
+                        &dir,
+                        "memory.kmem.usage_in_bytes",
                         files::single,
                         errors,
                     ),
                     slab: None,
-                    swap: memsw.map(|memsw| memsw.saturating_sub(usage)),
+                    // Present only with swap accounting (memsw) enabled.
+                    swap: stat.get("total_swap").copied(),
                     oom_events: None,
                     oom_kills: oom.and_then(|oom| oom.get("oom_kill").copied()),
-                    limit_hits: self.optional(&dir.join("memory.failcnt"), files::single, errors),
+                    limit_hits: self.optional(&dir, "memory.failcnt", files::single, errors),
                 })
             }
         }
@@ -368,36 +463,35 @@ impl CgroupReader {
     fn block_io(
         &mut self,
         relative: &str,
+        limits: &Limits,
         errors: &mut Vec<SourceError>,
     ) -> Result<BlockIoCounters, String> {
         let hierarchy = self
             .hierarchies
             .locate("io", "blkio")
             .ok_or("no io/blkio controller")?;
-        let dir = hierarchy.root().join(relative);
+        if let Hierarchy::V1(_) = hierarchy
+            && !limits.blkio_rule
+        {
+            return Err(V1_BLKIO_WITHOUT_RULE.into());
+        }
+        let dir = CgroupDir::open(hierarchy.root().join(relative))?;
         if let Hierarchy::Unified(_) = hierarchy {
-            let devices = self.required(&dir.join("io.stat"), files::io_stat, errors)?;
+            let devices = self.required(&dir, "io.stat", files::io_stat, errors)?;
             return Ok(BlockIoCounters {
                 source: "io.stat",
                 devices,
             });
         }
-        let has_rule = ["read_bps", "write_bps", "read_iops", "write_iops"]
-            .iter()
-            .any(|kind| {
-                let path = dir.join(format!("blkio.throttle.{kind}_device"));
-                self.optional(&path, |text| Ok(!text.trim().is_empty()), errors) == Some(true)
-            });
-        if !has_rule {
-            return Err(V1_BLKIO_WITHOUT_RULE.into());
-        }
         let bytes = self.required(
-            &dir.join("blkio.throttle.io_service_bytes_recursive"),
+            &dir,
+            "blkio.throttle.io_service_bytes_recursive",
             files::blkio_v1,
             errors,
         )?;
         let ops = self.required(
-            &dir.join("blkio.throttle.io_serviced_recursive"),
+            &dir,
+            "blkio.throttle.io_serviced_recursive",
             files::blkio_v1,
             errors,
         )?;
@@ -431,19 +525,19 @@ impl CgroupReader {
     fn pids(
         &mut self,
         relative: &str,
+        limits: &Limits,
         errors: &mut Vec<SourceError>,
     ) -> Result<PidsCounters, String> {
-        let dir = self
-            .hierarchies
-            .locate("pids", "pids")
-            .ok_or("no pids controller")?
-            .root()
-            .join(relative);
+        let dir = CgroupDir::open(
+            self.hierarchies
+                .locate("pids", "pids")
+                .ok_or("no pids controller")?
+                .root()
+                .join(relative),
+        )?;
         Ok(PidsCounters {
-            current: self.required(&dir.join("pids.current"), files::single, errors)?,
-            limit: self
-                .optional(&dir.join("pids.max"), files::limit, errors)
-                .flatten(),
+            current: self.required(&dir, "pids.current", files::single, errors)?,
+            limit: limits.pids,
         })
     }
 
@@ -460,18 +554,18 @@ impl CgroupReader {
             .unified
             .as_ref()
             .map(|root| root.join(relative))
-            .filter(|dir| dir.is_dir())
+            .and_then(|path| CgroupDir::open(path).ok())
             .ok_or("PSI needs the container's cgroup2 directory")?;
         Ok(PressureCounters {
-            cpu: self.optional(&dir.join("cpu.pressure"), files::pressure, errors),
-            memory: self.optional(&dir.join("memory.pressure"), files::pressure, errors),
-            io: self.optional(&dir.join("io.pressure"), files::pressure, errors),
+            cpu: self.optional(&dir, "cpu.pressure", files::pressure, errors),
+            memory: self.optional(&dir, "memory.pressure", files::pressure, errors),
+            io: self.optional(&dir, "io.pressure", files::pressure, errors),
         })
     }
 
-    /// Members of the cgroup, or of its first non-empty descendant (LXC and nested
-    /// systemd put processes in children), searched breadth-first a few levels down.
-    fn processes(&mut self, dir: &Path) -> Vec<u32> {
+    /// Members of the cgroup; with `search_children`, of its first non-empty
+    /// descendant (LXC and nested systemd put processes in children), a few levels down.
+    fn processes(&mut self, dir: &std::path::Path, search_children: bool) -> Vec<u32> {
         let mut pending = vec![(dir.to_path_buf(), 0)];
         while let Some((dir, depth)) = pending.pop() {
             let members = self
@@ -486,7 +580,8 @@ impl CgroupReader {
             if !members.is_empty() {
                 return members;
             }
-            if depth < 3
+            if search_children
+                && depth < 3
                 && let Ok(entries) = std::fs::read_dir(&dir)
             {
                 pending.extend(
@@ -520,33 +615,53 @@ impl CgroupReader {
     /// A file the family cannot do without: any failure makes the family unavailable.
     fn required<T>(
         &mut self,
-        path: &Path,
+        dir: &CgroupDir,
+        name: &str,
         parse: impl FnOnce(&str) -> Result<T, ParseError>,
         errors: &mut Vec<SourceError>,
     ) -> Result<T, String> {
-        self.text.read_path(path, parse).map_err(|error| {
-            let message = error.to_string();
-            if !error.is_not_found() {
-                errors.push(error);
-            }
-            message
-        })
+        self.text
+            .read_at(&dir.handle, &dir.path, name, parse)
+            .map_err(|error| {
+                let message = error.to_string();
+                if !error.is_not_found() {
+                    errors.push(error);
+                }
+                message
+            })
     }
 
     /// A file that may legitimately be absent (feature not compiled in, swap accounting off).
     fn optional<T>(
         &mut self,
-        path: &Path,
+        dir: &CgroupDir,
+        name: &str,
         parse: impl FnOnce(&str) -> Result<T, ParseError>,
         errors: &mut Vec<SourceError>,
     ) -> Option<T> {
-        match self.text.read_path(path, parse) {
+        match self.text.read_at(&dir.handle, &dir.path, name, parse) {
             Ok(value) => Some(value),
             Err(error) if error.is_not_found() => None,
             Err(error) => {
                 errors.push(error);
                 None
             }
+        }
+    }
+}
+
+/// An open cgroup directory: its files are opened relative to it, so the kernel
+/// resolves one path component per file instead of the whole path.
+struct CgroupDir {
+    path: PathBuf,
+    handle: std::fs::File,
+}
+
+impl CgroupDir {
+    fn open(path: PathBuf) -> Result<Self, String> {
+        match std::fs::File::open(&path) {
+            Ok(handle) => Ok(Self { path, handle }),
+            Err(error) => Err(format!("opening {}: {error}", path.display())),
         }
     }
 }

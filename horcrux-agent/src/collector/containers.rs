@@ -74,6 +74,11 @@ impl ContainerCollector {
                 .iter()
                 .map(|container| (container.id.as_str(), container.runtime)),
         );
+        self.reader.begin_cycle(
+            discovered
+                .iter()
+                .map(|container| container.relative_path.as_str()),
+        );
         let device_names = self.device_names(timestamp);
         let now = Instant::now();
         self.cpu_time.begin(now);
@@ -83,7 +88,8 @@ impl ContainerCollector {
         let mut containers = Vec::with_capacity(discovered.len());
         for container in discovered {
             // A cgroup removed since discovery is simply gone, not an error.
-            let Some(counters) = self.reader.read(&container.relative_path) else {
+            let search_children = container.runtime == Runtime::Lxc;
+            let Some(counters) = self.reader.read(&container.relative_path, search_children) else {
                 continue;
             };
             for error in &counters.errors {
