@@ -442,3 +442,173 @@ async fn podman_container_is_discovered_with_limits_and_matches_podman_stats() {
     })
     .await;
 }
+
+/// An LXC container from the busybox template, in a private lxcpath, with an
+/// unbridged veth (no lxcbr0 here).
+struct Lxc {
+    dir: tempfile::TempDir,
+    name: String,
+}
+
+impl Lxc {
+    fn start(name: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // The memory limit key differs between v1 and cgroup2 controllers.
+        let memory_limit = if Path::new("/sys/fs/cgroup/memory").is_dir() {
+            "lxc.cgroup.memory.limit_in_bytes = 67108864"
+        } else {
+            "lxc.cgroup2.memory.max = 67108864"
+        };
+        let config = dir.path().join("config");
+        std::fs::write(
+            &config,
+            format!(
+                "lxc.net.0.type = veth\nlxc.net.0.flags = up\nlxc.apparmor.profile = unconfined\n{memory_limit}\n"
+            ),
+        )
+        .expect("config");
+        let lxc = Self {
+            dir,
+            name: name.to_owned(),
+        };
+        let path = lxc.dir.path().display().to_string();
+        checked(
+            Command::new("lxc-create")
+                .args(["-P", &path, "-n", name, "-t", "busybox", "-f"])
+                .arg(&config)
+                .output(),
+            "lxc-create",
+        );
+        checked(
+            Command::new("lxc-start")
+                .args(["-P", &path, "-n", name])
+                .output(),
+            "lxc-start",
+        );
+        lxc
+    }
+
+    fn tool(&self, tool: &str, args: &[&str]) -> Command {
+        let mut command = Command::new(tool);
+        command
+            .args([
+                "-P",
+                &self.dir.path().display().to_string(),
+                "-n",
+                &self.name,
+            ])
+            .args(args);
+        command
+    }
+
+    /// A figure from `lxc-info -S` (e.g. "CPU use" in seconds, "Memory use" in bytes).
+    fn info(&self, key: &str) -> f64 {
+        let info = checked(self.tool("lxc-info", &["-S"]).output(), "lxc-info");
+        let value = info
+            .lines()
+            .find_map(|line| line.strip_prefix(key)?.trim_start().strip_prefix(':'))
+            .unwrap_or_else(|| panic!("{key} not in lxc-info: {info}"))
+            .trim();
+        let (number, unit) = value.split_once(' ').unwrap_or((value, ""));
+        let number: f64 = number.parse().expect("number");
+        number
+            * match unit {
+                "KiB" => 1024.0,
+                "MiB" => MIB as f64,
+                "GiB" => 1024.0 * MIB as f64,
+                _ => 1.0,
+            }
+    }
+}
+
+impl Drop for Lxc {
+    fn drop(&mut self) {
+        let _ = self.tool("lxc-stop", &["-k"]).output();
+        let _ = self.tool("lxc-destroy", &[]).output();
+        // lxc-stop leaves lxc.pivot cgroups behind; rmdir only removes empty ones.
+        let _ = Command::new("sh")
+            .args([
+                "-c",
+                "rmdir /sys/fs/cgroup/*/lxc.pivot /sys/fs/cgroup/lxc.pivot 2>/dev/null",
+            ])
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lxc_container_is_discovered_and_matches_lxc_info() {
+    if missing(
+        "lxc",
+        &[
+            "/usr/bin/lxc-create",
+            "/usr/share/lxc/templates/lxc-busybox",
+            BUSYBOX,
+        ],
+    ) {
+        return;
+    }
+    let _serial = ONE_RUNTIME_AT_A_TIME.lock().await;
+    let lxc = Lxc::start("hx-lxc");
+    let agent = Agent::start("[monitoring]\nvm_metrics_interval = 1\n");
+    agent.wait_for_cycles(1).await;
+    let metrics = wait_until(&agent, "hx-lxc", "the LXC container", |m| {
+        m["state"] == "running"
+    })
+    .await;
+    assert_eq!(
+        (&metrics["id"], &metrics["name"], &metrics["runtime"]),
+        (&"hx-lxc".into(), &"hx-lxc".into(), &"lxc".into())
+    );
+    assert_eq!(metrics["cgroup"], "/lxc.payload.hx-lxc");
+    assert_eq!(
+        metrics["memory_limit_bytes"],
+        64 * MIB,
+        "limit from the container's config"
+    );
+    let network = &metrics["network"];
+    assert!(
+        network["netns_inode"].is_u64(),
+        "its own network namespace: {metrics}"
+    );
+    let interfaces: Vec<&str> = network["interfaces"]
+        .as_array()
+        .map(|nets| {
+            nets.iter()
+                .filter_map(|net| net["interface"].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        interfaces.contains(&"eth0") && interfaces.contains(&"lo"),
+        "{interfaces:?}"
+    );
+
+    // A finite CPU burner inside; once it is done both views of the counter must agree.
+    checked(
+        lxc.tool(
+            "lxc-attach",
+            &[
+                "--",
+                "sh",
+                "-c",
+                "i=0; while [ $i -lt 1500000 ]; do i=$((i+1)); done",
+            ],
+        )
+        .output(),
+        "lxc-attach burner",
+    );
+    let lxc_cpu = lxc.info("CPU use");
+    assert!(lxc_cpu >= 0.5, "the burner ran: {lxc_cpu} s");
+    let ours = wait_until(&agent, "hx-lxc", "CPU seconds as lxc-info", |m| {
+        m["cpu"]["usage_seconds_total"]
+            .as_f64()
+            .is_some_and(|ours| (ours - lxc_cpu).abs() <= 0.05)
+    })
+    .await;
+    let memory = lxc.info("Memory use");
+    let our_memory = ours["memory_usage_bytes"].as_f64().expect("memory");
+    assert!(
+        (our_memory - memory).abs() <= 0.05 * memory + 64.0 * 1024.0,
+        "ours {our_memory} vs lxc-info {memory}"
+    );
+}
