@@ -6,9 +6,12 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::cgroup::{
-    discovery::{Pod, Runtime},
-    files::Pressure,
+use crate::{
+    cgroup::{
+        discovery::{Pod, Runtime},
+        files::{DeviceIo, Pressure},
+    },
+    procfs::netdev::NetDevStat,
 };
 
 #[derive(Debug, Clone, Serialize)]
@@ -164,6 +167,14 @@ pub struct DiskRates {
 #[derive(Debug, Clone, Serialize)]
 pub struct NetworkMetrics {
     pub interface: String,
+    #[serde(flatten)]
+    pub counters: NetworkTotals,
+    pub rates: Option<NetworkRates>,
+}
+
+/// Cumulative interface counters, as `/proc/net/dev` has them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct NetworkTotals {
     pub rx_bytes_total: u64,
     pub rx_packets_total: u64,
     pub rx_errors_total: u64,
@@ -172,7 +183,49 @@ pub struct NetworkMetrics {
     pub tx_packets_total: u64,
     pub tx_errors_total: u64,
     pub tx_dropped_total: u64,
-    pub rates: Option<NetworkRates>,
+}
+
+impl NetworkTotals {
+    /// In the order of [`NetworkRates`]' fields.
+    pub fn to_array(&self) -> [u64; 8] {
+        [
+            self.rx_bytes_total,
+            self.rx_packets_total,
+            self.rx_errors_total,
+            self.rx_dropped_total,
+            self.tx_bytes_total,
+            self.tx_packets_total,
+            self.tx_errors_total,
+            self.tx_dropped_total,
+        ]
+    }
+
+    pub fn add(&mut self, other: &Self) {
+        let [a, b, c, d, e, f, g, h] = other.to_array();
+        self.rx_bytes_total += a;
+        self.rx_packets_total += b;
+        self.rx_errors_total += c;
+        self.rx_dropped_total += d;
+        self.tx_bytes_total += e;
+        self.tx_packets_total += f;
+        self.tx_errors_total += g;
+        self.tx_dropped_total += h;
+    }
+}
+
+impl From<&NetDevStat> for NetworkTotals {
+    fn from(net: &NetDevStat) -> Self {
+        Self {
+            rx_bytes_total: net.rx_bytes,
+            rx_packets_total: net.rx_packets,
+            rx_errors_total: net.rx_errors,
+            rx_dropped_total: net.rx_dropped,
+            tx_bytes_total: net.tx_bytes,
+            tx_packets_total: net.tx_packets,
+            tx_errors_total: net.tx_errors,
+            tx_dropped_total: net.tx_dropped,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -315,12 +368,8 @@ pub struct ContainerMemory {
 pub struct ContainerBlockIo {
     /// The kernel file the numbers come from.
     pub source: &'static str,
-    pub read_bytes_total: u64,
-    pub write_bytes_total: u64,
-    pub discard_bytes_total: u64,
-    pub reads_total: u64,
-    pub writes_total: u64,
-    pub discards_total: u64,
+    #[serde(flatten)]
+    pub totals: BlockIoTotals,
     pub read_bytes_per_second: Option<f64>,
     pub write_bytes_per_second: Option<f64>,
     pub devices: Vec<ContainerDeviceIo>,
@@ -332,12 +381,43 @@ pub struct ContainerDeviceIo {
     pub device: Option<String>,
     pub major: u32,
     pub minor: u32,
+    #[serde(flatten)]
+    pub counters: BlockIoTotals,
+}
+
+/// Cumulative block I/O of a cgroup on one device, or summed over devices.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct BlockIoTotals {
     pub read_bytes_total: u64,
     pub write_bytes_total: u64,
     pub discard_bytes_total: u64,
     pub reads_total: u64,
     pub writes_total: u64,
     pub discards_total: u64,
+}
+
+impl BlockIoTotals {
+    pub fn add(&mut self, other: &Self) {
+        self.read_bytes_total += other.read_bytes_total;
+        self.write_bytes_total += other.write_bytes_total;
+        self.discard_bytes_total += other.discard_bytes_total;
+        self.reads_total += other.reads_total;
+        self.writes_total += other.writes_total;
+        self.discards_total += other.discards_total;
+    }
+}
+
+impl From<&DeviceIo> for BlockIoTotals {
+    fn from(io: &DeviceIo) -> Self {
+        Self {
+            read_bytes_total: io.read_bytes,
+            write_bytes_total: io.write_bytes,
+            discard_bytes_total: io.discard_bytes,
+            reads_total: io.reads,
+            writes_total: io.writes,
+            discards_total: io.discards,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -349,14 +429,9 @@ pub struct ContainerPids {
 #[derive(Debug, Clone, Serialize)]
 pub struct ContainerNetwork {
     pub netns_inode: u64,
-    pub rx_bytes_total: u64,
-    pub tx_bytes_total: u64,
-    pub rx_packets_total: u64,
-    pub tx_packets_total: u64,
-    pub rx_errors_total: u64,
-    pub tx_errors_total: u64,
-    pub rx_dropped_total: u64,
-    pub tx_dropped_total: u64,
+    /// Every interface but `lo`.
+    #[serde(flatten)]
+    pub totals: NetworkTotals,
     pub rx_bytes_per_second: Option<f64>,
     pub tx_bytes_per_second: Option<f64>,
     /// Every interface in the namespace, `lo` included.

@@ -205,7 +205,11 @@ fn direct_io_write_counts_with_a_throttle_rule_and_is_unavailable_without() {
         "wrote {written} bytes, expected {expected} ± 1%"
     );
     let block = metrics.block_io.expect("block io");
-    assert!(block.writes_total >= 64, "{} write ops", block.writes_total);
+    assert!(
+        block.totals.writes_total >= 64,
+        "{} write ops",
+        block.totals.writes_total
+    );
 }
 
 #[test]

@@ -216,33 +216,33 @@ fn network_matches_ip_link() {
         };
         check(
             "rx bytes",
-            ours.rx_bytes_total,
+            ours.counters.rx_bytes_total,
             rx[0],
-            ours_after.rx_bytes_total,
+            ours_after.counters.rx_bytes_total,
         );
         check(
             "rx packets",
-            ours.rx_packets_total,
+            ours.counters.rx_packets_total,
             rx[1],
-            ours_after.rx_packets_total,
+            ours_after.counters.rx_packets_total,
         );
         check(
             "rx errors",
-            ours.rx_errors_total,
+            ours.counters.rx_errors_total,
             rx[2],
-            ours_after.rx_errors_total,
+            ours_after.counters.rx_errors_total,
         );
         check(
             "tx bytes",
-            ours.tx_bytes_total,
+            ours.counters.tx_bytes_total,
             tx[0],
-            ours_after.tx_bytes_total,
+            ours_after.counters.tx_bytes_total,
         );
         check(
             "tx packets",
-            ours.tx_packets_total,
+            ours.counters.tx_packets_total,
             tx[1],
-            ours_after.tx_packets_total,
+            ours_after.counters.tx_packets_total,
         );
     }
 }

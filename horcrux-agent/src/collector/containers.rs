@@ -11,14 +11,13 @@ use std::{
 use crate::{
     cgroup::{
         discovery::{self, DiscoveredContainer, Runtime},
-        files::DeviceIo,
         stats::{CgroupReader, ContainerCounters},
     },
     collector::health::CollectorHealth,
     model::{
-        ContainerBlockIo, ContainerCpu, ContainerDeviceIo, ContainerMemory, ContainerMetrics,
-        ContainerNetwork, ContainerPids, ContainerPressure, ContainerState, ContainerThrottling,
-        NetworkMetrics, VmStatusChangedMessage,
+        BlockIoTotals, ContainerBlockIo, ContainerCpu, ContainerDeviceIo, ContainerMemory,
+        ContainerMetrics, ContainerNetwork, ContainerPids, ContainerPressure, ContainerState,
+        ContainerThrottling, NetworkMetrics, NetworkTotals, VmStatusChangedMessage,
     },
     process::{self, RuntimeNames},
     procfs::{TextReader, diskstats, netdev},
@@ -170,37 +169,33 @@ impl ContainerCollector {
                 limit_hits_total: memory.limit_hits,
             });
         let block_io = available(&mut unavailable, "block_io", counters.block_io).map(|block| {
-            let sum = |field: fn(&DeviceIo) -> u64| block.devices.iter().map(field).sum::<u64>();
-            let (read, write) = (sum(|io| io.read_bytes), sum(|io| io.write_bytes));
+            let devices: Vec<ContainerDeviceIo> = block
+                .devices
+                .iter()
+                .map(|io| ContainerDeviceIo {
+                    device: device_names.get(&(io.major, io.minor)).cloned(),
+                    major: io.major,
+                    minor: io.minor,
+                    counters: BlockIoTotals::from(io),
+                })
+                .collect();
+            let mut totals = BlockIoTotals::default();
+            devices
+                .iter()
+                .for_each(|device| totals.add(&device.counters));
             let rates = self
                 .block_bytes
-                .observe(container.id.clone(), [read, write])
+                .observe(
+                    container.id.clone(),
+                    [totals.read_bytes_total, totals.write_bytes_total],
+                )
                 .map(|deltas| deltas.per_second());
             ContainerBlockIo {
                 source: block.source,
-                read_bytes_total: read,
-                write_bytes_total: write,
-                discard_bytes_total: sum(|io| io.discard_bytes),
-                reads_total: sum(|io| io.reads),
-                writes_total: sum(|io| io.writes),
-                discards_total: sum(|io| io.discards),
+                totals,
                 read_bytes_per_second: rates.map(|[read, _]| read),
                 write_bytes_per_second: rates.map(|[_, write]| write),
-                devices: block
-                    .devices
-                    .iter()
-                    .map(|io| ContainerDeviceIo {
-                        device: device_names.get(&(io.major, io.minor)).cloned(),
-                        major: io.major,
-                        minor: io.minor,
-                        read_bytes_total: io.read_bytes,
-                        write_bytes_total: io.write_bytes,
-                        discard_bytes_total: io.discard_bytes,
-                        reads_total: io.reads,
-                        writes_total: io.writes,
-                        discards_total: io.discards,
-                    })
-                    .collect(),
+                devices,
             }
         });
         let pids = available(&mut unavailable, "pids", counters.pids).map(|pids| ContainerPids {
@@ -224,10 +219,16 @@ impl ContainerCollector {
             cpu_usage_percent: cpu.as_ref().and_then(|cpu| cpu.usage_percent),
             memory_usage_bytes: memory.as_ref().map(|memory| memory.usage_bytes),
             memory_limit_bytes: memory.as_ref().and_then(|memory| memory.limit_bytes),
-            block_read_bytes: block_io.as_ref().map(|block| block.read_bytes_total),
-            block_write_bytes: block_io.as_ref().map(|block| block.write_bytes_total),
-            network_rx_bytes: network.as_ref().map(|network| network.rx_bytes_total),
-            network_tx_bytes: network.as_ref().map(|network| network.tx_bytes_total),
+            block_read_bytes: block_io.as_ref().map(|block| block.totals.read_bytes_total),
+            block_write_bytes: block_io
+                .as_ref()
+                .map(|block| block.totals.write_bytes_total),
+            network_rx_bytes: network
+                .as_ref()
+                .map(|network| network.totals.rx_bytes_total),
+            network_tx_bytes: network
+                .as_ref()
+                .map(|network| network.totals.tx_bytes_total),
             name: self.names.name(&container.id, container.runtime),
             id: container.id,
             runtime: container.runtime,
@@ -286,40 +287,31 @@ impl ContainerCollector {
             }
         }
         .ok_or_else(|| format!("could not read /proc/{pid}/net/dev"))?;
-        let outside = interfaces.iter().filter(|net| net.interface != "lo");
-        let sum = |field: fn(&netdev::NetDevStat) -> u64| outside.clone().map(field).sum::<u64>();
-        let (rx, tx) = (sum(|net| net.rx_bytes), sum(|net| net.tx_bytes));
+        let interfaces: Vec<NetworkMetrics> = interfaces
+            .iter()
+            .map(|net| NetworkMetrics {
+                interface: net.interface.clone(),
+                counters: NetworkTotals::from(net),
+                rates: None,
+            })
+            .collect();
+        let mut totals = NetworkTotals::default();
+        for net in interfaces.iter().filter(|net| net.interface != "lo") {
+            totals.add(&net.counters);
+        }
         let rates = self
             .network_bytes
-            .observe(id.to_owned(), [rx, tx])
+            .observe(
+                id.to_owned(),
+                [totals.rx_bytes_total, totals.tx_bytes_total],
+            )
             .map(|deltas| deltas.per_second());
         Ok(ContainerNetwork {
             netns_inode: inode,
-            rx_bytes_total: rx,
-            tx_bytes_total: tx,
-            rx_packets_total: sum(|net| net.rx_packets),
-            tx_packets_total: sum(|net| net.tx_packets),
-            rx_errors_total: sum(|net| net.rx_errors),
-            tx_errors_total: sum(|net| net.tx_errors),
-            rx_dropped_total: sum(|net| net.rx_dropped),
-            tx_dropped_total: sum(|net| net.tx_dropped),
+            totals,
             rx_bytes_per_second: rates.map(|[rx, _]| rx),
             tx_bytes_per_second: rates.map(|[_, tx]| tx),
-            interfaces: interfaces
-                .into_iter()
-                .map(|net| NetworkMetrics {
-                    interface: net.interface,
-                    rx_bytes_total: net.rx_bytes,
-                    rx_packets_total: net.rx_packets,
-                    rx_errors_total: net.rx_errors,
-                    rx_dropped_total: net.rx_dropped,
-                    tx_bytes_total: net.tx_bytes,
-                    tx_packets_total: net.tx_packets,
-                    tx_errors_total: net.tx_errors,
-                    tx_dropped_total: net.tx_dropped,
-                    rates: None,
-                })
-                .collect(),
+            interfaces,
         })
     }
 

@@ -11,7 +11,8 @@ use crate::{
     collector::health::CollectorHealth,
     model::{
         CpuMetrics, CpuModes, DiskKind, DiskMetrics, DiskRates, FilesystemMetrics, LoadMetrics,
-        MemoryMetrics, NetworkMetrics, NetworkRates, NodeMetrics, PerCpuMetrics, ProcessMetrics,
+        MemoryMetrics, NetworkMetrics, NetworkRates, NetworkTotals, NodeMetrics, PerCpuMetrics,
+        ProcessMetrics,
     },
     procfs::{
         SourceError, TextReader, diskstats, diskstats::SECTOR_BYTES, loadavg, meminfo, mountinfo,
@@ -272,19 +273,10 @@ impl NodeCollector {
         interfaces
             .into_iter()
             .map(|net| {
-                let counters = [
-                    net.rx_bytes,
-                    net.rx_packets,
-                    net.rx_errors,
-                    net.rx_dropped,
-                    net.tx_bytes,
-                    net.tx_packets,
-                    net.tx_errors,
-                    net.tx_dropped,
-                ];
+                let counters = NetworkTotals::from(&net);
                 let rates = self
                     .network_counters
-                    .observe(net.interface.clone(), counters)
+                    .observe(net.interface.clone(), counters.to_array())
                     .as_ref()
                     .map(Deltas::per_second)
                     .map(
@@ -312,14 +304,7 @@ impl NodeCollector {
                     );
                 NetworkMetrics {
                     interface: net.interface,
-                    rx_bytes_total: net.rx_bytes,
-                    rx_packets_total: net.rx_packets,
-                    rx_errors_total: net.rx_errors,
-                    rx_dropped_total: net.rx_dropped,
-                    tx_bytes_total: net.tx_bytes,
-                    tx_packets_total: net.tx_packets,
-                    tx_errors_total: net.tx_errors,
-                    tx_dropped_total: net.tx_dropped,
+                    counters,
                     rates,
                 }
             })
