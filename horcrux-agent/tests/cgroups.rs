@@ -13,6 +13,7 @@ use horcrux_agent::{
     cgroup::{
         CgroupMode, Hierarchies,
         discovery::{self, QosClass, Runtime},
+        files,
         stats::{CgroupReader, V1_BLKIO_WITHOUT_RULE},
     },
     collector::containers::ContainerCollector,
@@ -319,4 +320,88 @@ fn container_collector_over_fixtures_reports_availability_and_state_changes() {
         .find(|c| c.runtime == Runtime::Docker)
         .expect("docker");
     assert_eq!(docker.cpu_usage_percent, Some(0.0), "counters did not move");
+}
+
+/// Deterministic mutation fuzzing of every cgroup file parser over the fixture files:
+/// byte flips, truncations, inserted separators and digits, duplicated tails. Each
+/// parser must return Ok or Err, never panic.
+#[test]
+fn cgroup_parsers_survive_mutated_files() {
+    type Parser = fn(&str) -> bool;
+    let parsers: [(&str, Parser); 8] = [
+        ("cpu.stat", |text| files::flat_keyed(text).is_ok()),
+        ("cpu.max", |text| files::cpu_max(text).is_ok()),
+        ("memory.max", |text| files::limit(text).is_ok()),
+        ("io.stat", |text| files::io_stat(text).is_ok()),
+        ("cpu.pressure", |text| files::pressure(text).is_ok()),
+        ("blkio.throttle.io_service_bytes_recursive", |text| {
+            files::blkio_v1(text).is_ok()
+        }),
+        ("cpuacct.usage_all", |text| {
+            files::cpuacct_usage_all(text).is_ok()
+        }),
+        ("pids.current", |text| files::single(text).is_ok()),
+    ];
+    let samples: Vec<(String, String)> = walk(&fixtures())
+        .into_iter()
+        .filter_map(|path| {
+            let name = path.file_name()?.to_str()?.to_owned();
+            Some((name, std::fs::read_to_string(&path).ok()?))
+        })
+        .collect();
+    let mut state = 0x2545_F491_4F6C_DD1D_u64;
+    let mut random = move |bound: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % bound.max(1) as u64) as usize
+    };
+    const NASTY: &[u8] = b" :=\n\t-0123456789\xffmax.";
+    let mut runs = 0;
+    for (file, parse) in parsers {
+        let originals: Vec<&String> = samples
+            .iter()
+            .filter(|(name, _)| name == file)
+            .map(|(_, text)| text)
+            .collect();
+        assert!(!originals.is_empty(), "no fixture named {file}");
+        for original in originals {
+            for _ in 0..1000 {
+                let mut bytes = original.clone().into_bytes();
+                for _ in 0..=random(4) {
+                    match random(4) {
+                        0 if !bytes.is_empty() => {
+                            let at = random(bytes.len());
+                            bytes[at] = NASTY[random(NASTY.len())];
+                        }
+                        1 => bytes.truncate(random(bytes.len() + 1)),
+                        2 => {
+                            let at = random(bytes.len() + 1);
+                            bytes.insert(at, NASTY[random(NASTY.len())]);
+                        }
+                        _ => {
+                            let copy = bytes.clone();
+                            bytes.extend_from_slice(&copy[random(copy.len() + 1)..]);
+                        }
+                    }
+                }
+                parse(&String::from_utf8_lossy(&bytes));
+                runs += 1;
+            }
+        }
+    }
+    assert!(runs >= 8000);
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }
