@@ -15,15 +15,23 @@ use std::{
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// What the tests run or compare against: `free`/`uptime` (procps), `ip` (iproute2),
-/// `df` (coreutils), real container runtimes and a busybox-static image root.
+/// `df` (coreutils), real container runtimes and a busybox-static image root,
+/// Prometheus and promtool.
 const TEST_PACKAGES: &[&str] = &[
     "procps",
     "iproute2",
     "coreutils",
     "python3",
-    "docker.io",
     "busybox-static",
+    "docker.io",
+    "podman",
+    "runc",
+    "lxc",
+    "prometheus",
 ];
+/// Debian's hook that lets the installer start services; "101" forbids it. The tests
+/// start the daemons they need themselves, privately, and stop them.
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
 type Result<T = ()> = std::result::Result<T, String>;
 
@@ -215,12 +223,30 @@ fn ensure_packages() -> Result {
         ));
     }
     status(Command::new("apt-get").arg("update").arg("-q"))?;
-    status(
+    let own_policy = !Path::new(POLICY_RC_D).exists();
+    if own_policy {
+        write_executable(
+            POLICY_RC_D,
+            "#!/bin/sh\n# horcrux xtask setup: install services, start none\nexit 101\n",
+        )?;
+    }
+    let installed = status(
         Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    );
+    if own_policy {
+        let _ = fs::remove_file(POLICY_RC_D);
+    }
+    installed
+}
+
+fn write_executable(path: &str, text: &str) -> Result {
+    use std::os::unix::fs::PermissionsExt;
+    fs::write(path, text)
+        .and_then(|()| fs::set_permissions(path, fs::Permissions::from_mode(0o755)))
+        .map_err(|error| format!("writing {path}: {error}"))
 }
 
 fn is_root() -> bool {

@@ -3,6 +3,7 @@
 
 mod api;
 mod containers;
+mod prometheus;
 mod ws;
 
 use std::{
@@ -45,6 +46,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/status", get(api::status))
         .route("/api/containers", get(containers::list))
         .route("/api/containers/{id}/metrics", get(containers::metrics))
+        .route("/metrics", get(prometheus::metrics))
         .route("/ws", get(ws::upgrade))
         .fallback(api::not_found)
         .with_state(state)

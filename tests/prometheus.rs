@@ -1,0 +1,214 @@
+//! `GET /metrics` end-to-end: `promtool check metrics` accepts the live output (with a
+//! container present, so container families have samples), and a real Prometheus on
+//! loopback scrapes the agent and answers PromQL queries with the kernel's numbers.
+
+mod common;
+
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{
+    Agent,
+    cgroup::{TestCgroup, skip_unless_root},
+};
+use serde_json::Value;
+
+const PROMTOOL: &str = "/usr/bin/promtool";
+const PROMETHEUS: &str = "/usr/bin/prometheus";
+
+fn installed(test: &str) -> bool {
+    let present = Path::new(PROMTOOL).exists() && Path::new(PROMETHEUS).exists();
+    if !present {
+        eprintln!(
+            "SKIPPED {test}: Debian `prometheus` is not installed (`cargo xtask setup` installs it)"
+        );
+    }
+    present
+}
+
+async fn exposition(agent: &Agent) -> String {
+    let response = reqwest::get(agent.url("/metrics"))
+        .await
+        .expect("GET /metrics");
+    assert_eq!(response.status().as_u16(), 200);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    response.text().await.expect("body")
+}
+
+fn mem_total_bytes() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").expect("meminfo");
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .expect("MemTotal");
+    kib * 1024
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn promtool_accepts_the_live_exposition() {
+    if !installed("promtool_accepts_the_live_exposition") {
+        return;
+    }
+    let mut cgroup =
+        (!skip_unless_root("the container part of promtool_accepts_the_live_exposition"))
+            .then(TestCgroup::new);
+    if let Some(cgroup) = &mut cgroup {
+        cgroup.run("exec sleep 60", "");
+    }
+    let agent = Agent::start("[monitoring]\nvm_metrics_interval = 1\n");
+    agent.wait_for_cycles(2).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let text = exposition(&agent).await;
+
+    let mut promtool = Command::new(PROMTOOL)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    std::io::Write::write_all(&mut promtool.stdin.take().expect("stdin"), text.as_bytes())
+        .expect("pipe");
+    let checked = promtool.wait_with_output().expect("promtool output");
+    let complaints = format!(
+        "{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    assert!(
+        checked.status.success() && complaints.trim().is_empty(),
+        "promtool: {complaints}"
+    );
+
+    assert!(text.contains(&format!(
+        "horcrux_node_memory_total_bytes {}\n",
+        mem_total_bytes()
+    )));
+    assert!(text.contains("horcrux_node_cpu_seconds_total{cpu=\"0\",mode=\"user\"}"));
+    assert!(text.contains("horcrux_agent_collector_cycles_total{collector=\"node\"}"));
+    if let Some(cgroup) = &cgroup {
+        let info = format!(
+            "horcrux_container_info{{id=\"{}\",name=\"\",runtime=\"docker\",state=\"running\"",
+            cgroup.id
+        );
+        assert!(text.contains(&info), "container {} not exported", cgroup.id);
+        assert!(text.contains(&format!(
+            "horcrux_container_cpu_usage_seconds_total{{id=\"{}\"",
+            cgroup.id
+        )));
+    }
+}
+
+/// The server is stopped before its data directory is removed (fields drop after `drop`).
+struct Prometheus {
+    process: Child,
+    _data: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+async fn query(port: u16, promql: &str) -> Vec<Value> {
+    let url = format!("http://127.0.0.1:{port}/api/v1/query");
+    let Ok(response) = reqwest::Client::new()
+        .get(url)
+        .query(&[("query", promql)])
+        .send()
+        .await
+    else {
+        return Vec::new();
+    };
+    let body: Value = response.json().await.unwrap_or_default();
+    body["data"]["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_real_prometheus_scrapes_the_agent() {
+    if !installed("a_real_prometheus_scrapes_the_agent") {
+        return;
+    }
+    let agent = Agent::start("");
+    agent.wait_for_cycles(1).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: horcrux\n    static_configs:\n      - targets: ['{}']\n",
+            agent.addr
+        ),
+    )
+    .expect("config");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let child = Command::new(PROMETHEUS)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start prometheus");
+    let _prometheus = Prometheus {
+        process: child,
+        _data: dir,
+    };
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let memory = loop {
+        let result = query(port, "horcrux_node_memory_total_bytes{job=\"horcrux\"}").await;
+        if let Some(sample) = result.first() {
+            break sample["value"][1]
+                .as_str()
+                .expect("value")
+                .parse::<u64>()
+                .expect("integer");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never had the agent's series"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(memory, mem_total_bytes());
+    let up = query(port, "up{job=\"horcrux\"}").await;
+    assert_eq!(
+        up.first().map(|sample| sample["value"][1].clone()),
+        Some(Value::from("1"))
+    );
+    let cpus = query(
+        port,
+        "count(count by (cpu) (horcrux_node_cpu_seconds_total))",
+    )
+    .await;
+    let expected = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .to_string();
+    assert_eq!(
+        cpus.first().map(|sample| sample["value"][1].clone()),
+        Some(Value::from(expected))
+    );
+}
