@@ -44,6 +44,12 @@ pub struct Exposition {
 
 type Labels<'a> = Vec<(&'static str, &'a str)>;
 
+/// How one metric family reads its value from a model struct.
+type Field<T, V> = fn(&T) -> V;
+
+/// A family's name suffix, type, help text and value.
+type FamilySpec<T, V> = (&'static str, &'static str, &'static str, Field<T, V>);
+
 impl Exposition {
     pub fn family<'a, V: Sample>(
         &mut self,
@@ -222,7 +228,7 @@ fn node_families(out: &mut Exposition, node: &NodeMetrics) {
         }
     }
     if let Some(disks) = &node.disks {
-        let families: [(&str, &str, fn(&DiskMetrics) -> f64); 8] = [
+        let families: [(&str, &str, Field<DiskMetrics, f64>); 8] = [
             ("read_bytes_total", "Bytes read (sectors x 512).", |d| {
                 d.read_bytes_total as f64
             }),
@@ -270,7 +276,7 @@ fn node_families(out: &mut Exposition, node: &NodeMetrics) {
         );
     }
     if let Some(network) = &node.network {
-        let families: [(&str, fn(&NetworkTotals) -> u64); 8] = [
+        let families: [(&str, Field<NetworkTotals, u64>); 8] = [
             ("receive_bytes_total", |n| n.rx_bytes_total),
             ("receive_packets_total", |n| n.rx_packets_total),
             ("receive_errs_total", |n| n.rx_errors_total),
@@ -295,7 +301,7 @@ fn node_families(out: &mut Exposition, node: &NodeMetrics) {
         }
     }
     if let Some(filesystems) = &node.filesystems {
-        let families: [(&str, &str, fn(&FilesystemMetrics) -> u64); 5] = [
+        let families: [(&str, &str, Field<FilesystemMetrics, u64>); 5] = [
             ("size_bytes", "Filesystem size.", |fs| fs.size_bytes),
             ("used_bytes", "Used space, as df.", |fs| fs.used_bytes),
             (
@@ -331,8 +337,7 @@ fn container_families(out: &mut Exposition, containers: &[ContainerMetrics]) {
             (labels, 1u64)
         }),
     );
-    type Field = fn(&ContainerMetrics) -> Option<f64>;
-    let families: [(&str, &str, &str, Field); 16] = [
+    let families: [FamilySpec<ContainerMetrics, Option<f64>>; 16] = [
         (
             "cpu_usage_seconds_total",
             "counter",
@@ -436,7 +441,7 @@ fn container_families(out: &mut Exposition, containers: &[ContainerMetrics]) {
                     t.write_bytes_total,
                     t.discard_bytes_total,
                 ]
-            }) as fn(&BlockIoTotals) -> [u64; 3],
+            }) as Field<BlockIoTotals, [u64; 3]>,
         ),
         (
             "block_io_ops_total",
@@ -466,7 +471,7 @@ fn container_families(out: &mut Exposition, containers: &[ContainerMetrics]) {
             }),
         );
     }
-    let network: [(&str, fn(&NetworkTotals) -> u64); 4] = [
+    let network: [(&str, Field<NetworkTotals, u64>); 4] = [
         ("network_receive_bytes_total", |n| n.rx_bytes_total),
         ("network_transmit_bytes_total", |n| n.tx_bytes_total),
         ("network_receive_packets_total", |n| n.rx_packets_total),
@@ -543,7 +548,7 @@ fn agent_families(
     .into_iter()
     .filter_map(|(name, health)| Some((name, health?)))
     .collect();
-    let families: [(&str, &str, &str, fn(&CollectorHealth) -> Option<f64>); 4] = [
+    let families: [FamilySpec<CollectorHealth, Option<f64>>; 4] = [
         (
             "collector_cycles_total",
             "counter",
