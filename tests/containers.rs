@@ -48,7 +48,7 @@ async fn containers_are_discovered_served_and_announced() {
     if skip_unless_root("containers_are_discovered_served_and_announced") {
         return;
     }
-    let agent = Agent::start("[monitoring]\nvm_metrics_interval = 1\n");
+    let agent = Agent::start("[monitoring]\nvm_metrics_interval = 1\nenable_history = true\n");
     agent.wait_for_cycles(1).await;
     let (mut socket, _) = connect_async(agent.ws_url()).await.expect("WebSocket");
 
@@ -111,6 +111,19 @@ async fn containers_are_discovered_served_and_announced() {
         "host network namespace"
     );
     assert_eq!(metrics["cgroup"], format!("/docker/{id}"));
+    let (status, history) = agent
+        .get(&format!(
+            "/api/containers/{}/history?metric=memory_usage_bytes&range=60",
+            &id[..12]
+        ))
+        .await;
+    assert_eq!(status, 200, "{history}");
+    assert!(
+        history["points"]
+            .as_array()
+            .is_some_and(|points| !points.is_empty()),
+        "{history}"
+    );
 
     let (status, by_prefix) = agent
         .get(&format!("/api/containers/{}/metrics", &id[..12]))

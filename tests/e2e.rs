@@ -294,3 +294,70 @@ fn bad_config_stops_start_up_naming_key_and_line() {
         .expect("run agent");
     assert_eq!(missing.status.code(), Some(2));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn history_serves_raw_and_downsampled_points() {
+    let agent = Agent::start("[monitoring]\nenable_history = true\nhistory_retention = 3600\n");
+    agent.wait_for_cycles(4).await;
+    let (status, raw) = agent
+        .get("/api/monitoring/node/history?metric=memory_usage&range=60")
+        .await;
+    assert_eq!(status, 200, "{raw}");
+    assert_eq!(raw["metric"], "memory_usage");
+    let points = raw["points"].as_array().expect("points");
+    assert!(points.len() >= 3, "{raw}");
+    let timestamps: Vec<u64> = points
+        .iter()
+        .filter_map(|p| p["timestamp"].as_u64())
+        .collect();
+    assert!(
+        timestamps.windows(2).all(|pair| pair[0] < pair[1]),
+        "ascending: {timestamps:?}"
+    );
+    assert!(points.iter().all(|p| {
+        p["value"]
+            .as_f64()
+            .is_some_and(|v| (0.0..=100.0).contains(&v))
+    }));
+
+    let (_, coarse) = agent
+        .get("/api/monitoring/node/history?metric=load_average_1m&range=600&step=300")
+        .await;
+    let coarse = coarse["points"].as_array().expect("points").clone();
+    assert!(!coarse.is_empty() && coarse.len() <= 3);
+    for point in &coarse {
+        let (min, avg, max) = (
+            point["min"].as_f64(),
+            point["avg"].as_f64(),
+            point["max"].as_f64(),
+        );
+        assert!(min <= avg && avg <= max && min.is_some(), "{point}");
+    }
+
+    let (status, body) = agent
+        .get("/api/monitoring/node/history?metric=nonsense")
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cpu_usage") && e.contains("memory_usage")),
+        "{body}"
+    );
+    let (status, _) = agent
+        .get("/api/monitoring/node/history?metric=cpu_usage&range=999999")
+        .await;
+    assert_eq!(status, 400, "range beyond retention");
+
+    let disabled = Agent::start("");
+    disabled.wait_for_cycles(1).await;
+    let (status, body) = disabled
+        .get("/api/monitoring/node/history?metric=cpu_usage")
+        .await;
+    assert_eq!(status, 404);
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("enable_history"))
+    );
+}

@@ -3,12 +3,13 @@
 //!
 //! Data sources: [`procfs`], [`statfs`], [`cgroup`], [`process`], [`ebpf`]. Metric
 //! model and rate cache: [`model`], [`rates`]. Collection schedule and snapshots:
-//! [`collector`]. HTTP surface: [`http`]. Start-up: [`run`].
+//! [`collector`]. Storage: [`history`]. HTTP surface: [`http`]. Start-up: [`run`].
 
 pub mod cgroup;
 pub mod collector;
 pub mod config;
 pub mod ebpf;
+pub mod history;
 pub mod http;
 pub mod model;
 pub mod process;
@@ -17,7 +18,7 @@ pub mod rates;
 pub mod statfs;
 
 use std::{
-    sync::{Arc, atomic::AtomicUsize},
+    sync::{Arc, Mutex, atomic::AtomicUsize},
     time::Instant,
 };
 
@@ -45,21 +46,34 @@ pub async fn run(config: Config) -> std::io::Result<()> {
     let reader = CgroupReader::new(hierarchies.clone(), psi_enabled);
     let cgroup_families = reader.family_sources();
 
+    let history = config.enable_history.then(|| {
+        Arc::new(Mutex::new(history::History::new(
+            config.history_retention.as_secs(),
+        )))
+    });
     let (node_tx, node_rx) = watch::channel(None);
     let (containers_tx, containers_rx) = watch::channel(None);
     let (ws_tx, _) = broadcast::channel(WS_BUFFER);
+    let node_outputs = collector::Outputs {
+        snapshots: node_tx,
+        ws_messages: ws_tx.clone(),
+        history: history.clone(),
+    };
+    let container_outputs = collector::Outputs {
+        snapshots: containers_tx,
+        ws_messages: ws_tx.clone(),
+        history: history.clone(),
+    };
     collector::spawn_node(
         config.node_metrics_interval,
         NodeSources::default(),
-        node_tx,
-        ws_tx.clone(),
+        node_outputs,
     )?;
     collector::spawn_containers(
         config.vm_metrics_interval,
         reader,
-        containers_tx,
         node_rx.clone(),
-        ws_tx.clone(),
+        container_outputs,
     )?;
     let state = Arc::new(http::AppState {
         config,
@@ -70,6 +84,7 @@ pub async fn run(config: Config) -> std::io::Result<()> {
         started: Instant::now(),
         hierarchies,
         cgroup_families,
+        history,
         ebpf_embedded: ebpf::EbpfPrograms::embedded(),
     });
     tracing::info!(

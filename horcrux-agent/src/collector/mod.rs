@@ -11,7 +11,7 @@ pub mod health;
 pub mod node;
 
 use std::{
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -21,7 +21,8 @@ use tokio::sync::{broadcast, watch};
 use crate::{
     cgroup::stats::CgroupReader,
     ebpf::{EbpfPrograms, ProgramStatus},
-    model::{ContainerMetrics, NodeMetrics, NodeMetricsMessage, VmMetricsMessage},
+    history::{History, Scope},
+    model::{ContainerMetrics, DiskKind, NodeMetrics, NodeMetricsMessage, VmMetricsMessage},
 };
 use containers::ContainerCollector;
 use health::CollectorHealth;
@@ -49,12 +50,39 @@ pub struct ContainerSnapshot {
 
 pub type Latest<T> = watch::Receiver<Option<Arc<T>>>;
 
+/// Where a collector publishes each cycle.
+pub struct Outputs<T> {
+    pub snapshots: watch::Sender<Option<Arc<T>>>,
+    pub ws_messages: broadcast::Sender<Utf8Bytes>,
+    /// Present when `enable_history` is on.
+    pub history: Option<Arc<Mutex<History>>>,
+}
+
+impl<T> Outputs<T> {
+    fn publish(&self, snapshot: T, messages: impl IntoIterator<Item = Utf8Bytes>) {
+        self.snapshots.send_replace(Some(Arc::new(snapshot)));
+        for message in messages {
+            // No subscribers is normal (no WebSocket client connected).
+            let _ = self.ws_messages.send(message);
+        }
+    }
+
+    fn record(&self, write: impl FnOnce(&mut History)) {
+        if let Some(history) = &self.history {
+            write(
+                &mut history
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+        }
+    }
+}
+
 /// Runs the node collector (and the eBPF programs) on its own thread.
 pub fn spawn_node(
     interval: Duration,
     sources: NodeSources,
-    snapshots: watch::Sender<Option<Arc<NodeSnapshot>>>,
-    ws_messages: broadcast::Sender<Utf8Bytes>,
+    outputs: Outputs<NodeSnapshot>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     spawn("node-collector", move || {
         let mut ebpf = EbpfPrograms::load();
@@ -62,7 +90,7 @@ pub fn spawn_node(
         let mut collector = NodeCollector::new(sources);
         every(
             interval,
-            || !snapshots.is_closed(),
+            || !outputs.snapshots.is_closed(),
             || {
                 let (started, cpu_before, timestamp) =
                     (Instant::now(), thread_cpu_time(), unix_seconds());
@@ -76,16 +104,20 @@ pub fn spawn_node(
                 collector
                     .health
                     .record_cycle(started.elapsed(), cpu_since(cpu_before), timestamp);
+                outputs.record(|history| {
+                    for (metric, value) in history_values(&node) {
+                        history.record(Scope::Node, metric, timestamp, value);
+                    }
+                });
                 let node_message = to_json(&NodeMetricsMessage::from(&node));
-                snapshots.send_replace(Some(Arc::new(NodeSnapshot {
+                let snapshot = NodeSnapshot {
                     node_json: to_json(&node),
                     node_message: node_message.clone(),
                     node,
                     health: collector.health.clone(),
                     ebpf: ebpf.statuses(),
-                })));
-                // No subscribers is normal (no WebSocket client connected).
-                let _ = ws_messages.send(node_message);
+                };
+                outputs.publish(snapshot, [node_message]);
             },
         );
     })
@@ -96,15 +128,14 @@ pub fn spawn_node(
 pub fn spawn_containers(
     interval: Duration,
     reader: CgroupReader,
-    snapshots: watch::Sender<Option<Arc<ContainerSnapshot>>>,
     node: Latest<NodeSnapshot>,
-    ws_messages: broadcast::Sender<Utf8Bytes>,
+    outputs: Outputs<ContainerSnapshot>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     spawn("container-collector", move || {
         let mut collector = ContainerCollector::new(reader, "/proc");
         every(
             interval,
-            || !snapshots.is_closed(),
+            || !outputs.snapshots.is_closed(),
             || {
                 let (started, cpu_before, timestamp) =
                     (Instant::now(), thread_cpu_time(), unix_seconds());
@@ -119,6 +150,21 @@ pub fn spawn_containers(
                         .as_ref()
                         .map(|memory| memory.total_bytes)
                 });
+                outputs.record(|history| {
+                    for container in &cycle.containers {
+                        for (metric, value) in container_history_values(container) {
+                            history.record(
+                                Scope::Container(container.id.clone()),
+                                metric,
+                                timestamp,
+                                value,
+                            );
+                        }
+                    }
+                    history.retain_containers(
+                        &cycle.containers.iter().map(|c| c.id.as_str()).collect(),
+                    );
+                });
                 let messages: Vec<Utf8Bytes> = cycle
                     .changes
                     .iter()
@@ -130,17 +176,95 @@ pub fn spawn_containers(
                             .map(|c| to_json(&VmMetricsMessage::new(c, host_memory))),
                     )
                     .collect();
-                snapshots.send_replace(Some(Arc::new(ContainerSnapshot {
+                let snapshot = ContainerSnapshot {
                     containers: cycle.containers,
                     health: collector.health.clone(),
                     timestamp,
-                })));
-                for message in messages {
-                    let _ = ws_messages.send(message);
-                }
+                };
+                outputs.publish(snapshot, messages);
             },
         );
     })
+}
+
+/// The node series kept in history ([`crate::history::NODE_METRICS`]).
+fn history_values(node: &NodeMetrics) -> Vec<(&'static str, f64)> {
+    let mut values = vec![
+        ("memory_usage", node.memory_usage),
+        ("disk_usage", node.disk_usage),
+        ("load_average_1m", node.load_average_1m),
+        ("load_average_5m", node.load_average_5m),
+        ("load_average_15m", node.load_average_15m),
+    ];
+    if let Some(usage) = node.cpu.as_ref().and_then(|cpu| cpu.usage_percent) {
+        values.push(("cpu_usage", usage));
+    }
+    let outside = node
+        .network
+        .iter()
+        .flatten()
+        .filter(|net| net.interface != "lo");
+    let network: Vec<_> = outside.filter_map(|net| net.rates.as_ref()).collect();
+    if !network.is_empty() {
+        values.push((
+            "network_rx_bytes_per_second",
+            network.iter().map(|r| r.rx_bytes_per_second).sum(),
+        ));
+        values.push((
+            "network_tx_bytes_per_second",
+            network.iter().map(|r| r.tx_bytes_per_second).sum(),
+        ));
+    }
+    let disks: Vec<_> = node
+        .disks
+        .iter()
+        .flatten()
+        .filter(|disk| disk.kind == DiskKind::Disk)
+        .filter_map(|disk| disk.rates.as_ref())
+        .collect();
+    if !disks.is_empty() {
+        values.push((
+            "disk_read_bytes_per_second",
+            disks.iter().map(|r| r.read_bytes_per_second).sum(),
+        ));
+        values.push((
+            "disk_write_bytes_per_second",
+            disks.iter().map(|r| r.write_bytes_per_second).sum(),
+        ));
+    }
+    values
+}
+
+/// The container series kept in history ([`crate::history::CONTAINER_METRICS`]).
+fn container_history_values(container: &ContainerMetrics) -> Vec<(&'static str, f64)> {
+    let network = container.network.as_ref();
+    let block = container.block_io.as_ref();
+    [
+        ("cpu_usage_percent", container.cpu_usage_percent),
+        (
+            "memory_usage_bytes",
+            container.memory_usage_bytes.map(|bytes| bytes as f64),
+        ),
+        (
+            "network_rx_bytes_per_second",
+            network.and_then(|n| n.rx_bytes_per_second),
+        ),
+        (
+            "network_tx_bytes_per_second",
+            network.and_then(|n| n.tx_bytes_per_second),
+        ),
+        (
+            "block_read_bytes_per_second",
+            block.and_then(|b| b.read_bytes_per_second),
+        ),
+        (
+            "block_write_bytes_per_second",
+            block.and_then(|b| b.write_bytes_per_second),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(metric, value)| Some((metric, value?)))
+    .collect()
 }
 
 fn spawn(

@@ -3,12 +3,13 @@
 
 mod api;
 mod containers;
+mod history;
 mod prometheus;
 mod ws;
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, atomic::AtomicUsize},
+    sync::{Arc, Mutex, atomic::AtomicUsize},
     time::Instant,
 };
 
@@ -25,6 +26,7 @@ use crate::{
     cgroup::Hierarchies,
     collector::{ContainerSnapshot, Latest, NodeSnapshot},
     config::Config,
+    history::History,
 };
 
 pub struct AppState {
@@ -37,6 +39,8 @@ pub struct AppState {
     pub hierarchies: Hierarchies,
     /// Where each container metric family comes from on this host (or why not).
     pub cgroup_families: BTreeMap<&'static str, String>,
+    /// `None` when `enable_history` is off.
+    pub history: Option<Arc<Mutex<History>>>,
     pub ebpf_embedded: bool,
 }
 
@@ -46,6 +50,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/status", get(api::status))
         .route("/api/containers", get(containers::list))
         .route("/api/containers/{id}/metrics", get(containers::metrics))
+        .route("/api/monitoring/node/history", get(history::node))
+        .route("/api/containers/{id}/history", get(history::container))
         .route("/metrics", get(prometheus::metrics))
         .route("/ws", get(ws::upgrade))
         .fallback(api::not_found)

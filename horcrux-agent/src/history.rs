@@ -1,0 +1,358 @@
+//! Storage: in-memory metric history, enabled by `enable_history`.
+//!
+//! Each series keeps two ring buffers: every sample for the most recent
+//! [`RAW_WINDOW_SECONDS`], and [`BUCKET_SECONDS`] buckets of min/avg/max for the rest
+//! of `history_retention`. Both are bounded, so memory per series is fixed (see
+//! [`bytes_per_series`]). Collectors record after each cycle; HTTP handlers query.
+
+use std::collections::{HashMap, VecDeque};
+
+use serde::Serialize;
+
+/// Full-resolution window.
+pub const RAW_WINDOW_SECONDS: u64 = 3600;
+/// Downsampled bucket width beyond the raw window.
+pub const BUCKET_SECONDS: u64 = 300;
+
+/// Node series recorded, with what they are.
+pub const NODE_METRICS: &[(&str, &str)] = &[
+    ("cpu_usage", "busy CPU %"),
+    ("memory_usage", "used memory %"),
+    ("disk_usage", "root filesystem use %"),
+    ("load_average_1m", "1-minute load average"),
+    ("load_average_5m", "5-minute load average"),
+    ("load_average_15m", "15-minute load average"),
+    (
+        "network_rx_bytes_per_second",
+        "received bytes/s, all interfaces but lo",
+    ),
+    (
+        "network_tx_bytes_per_second",
+        "transmitted bytes/s, all interfaces but lo",
+    ),
+    (
+        "disk_read_bytes_per_second",
+        "bytes/s read from whole disks",
+    ),
+    (
+        "disk_write_bytes_per_second",
+        "bytes/s written to whole disks",
+    ),
+];
+
+/// Container series recorded.
+pub const CONTAINER_METRICS: &[(&str, &str)] = &[
+    ("cpu_usage_percent", "% of one CPU"),
+    ("memory_usage_bytes", "memory charged to the cgroup"),
+    ("network_rx_bytes_per_second", "received bytes/s"),
+    ("network_tx_bytes_per_second", "transmitted bytes/s"),
+    ("block_read_bytes_per_second", "bytes/s read"),
+    ("block_write_bytes_per_second", "bytes/s written"),
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Scope {
+    Node,
+    Container(String),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    start: u64,
+    min: f64,
+    max: f64,
+    sum: f64,
+    count: u32,
+}
+
+#[derive(Debug, Default)]
+struct Series {
+    raw: VecDeque<(u64, f64)>,
+    buckets: VecDeque<Bucket>,
+}
+
+/// One point of a query answer: a raw value, or a downsampled min/avg/max.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Point {
+    Raw {
+        timestamp: u64,
+        value: f64,
+    },
+    Aggregate {
+        timestamp: u64,
+        min: f64,
+        avg: f64,
+        max: f64,
+    },
+}
+
+#[derive(Debug)]
+pub struct History {
+    retention: u64,
+    series: HashMap<(Scope, &'static str), Series>,
+}
+
+/// Upper bound of one series' memory for `retention` at a sampling `interval`.
+pub fn bytes_per_series(retention: u64, interval: u64) -> u64 {
+    let raw_points = RAW_WINDOW_SECONDS.min(retention) / interval.max(1) + 1;
+    let buckets = retention / BUCKET_SECONDS + 1;
+    raw_points * size_of::<(u64, f64)>() as u64 + buckets * size_of::<Bucket>() as u64
+}
+
+impl History {
+    pub fn new(retention_seconds: u64) -> Self {
+        Self {
+            retention: retention_seconds,
+            series: HashMap::new(),
+        }
+    }
+
+    /// Records one sample; non-finite values are skipped.
+    pub fn record(&mut self, scope: Scope, metric: &'static str, timestamp: u64, value: f64) {
+        if !value.is_finite() {
+            return;
+        }
+        let retention = self.retention;
+        let series = self.series.entry((scope, metric)).or_default();
+        series.raw.push_back((timestamp, value));
+        // Samples leaving the raw window are kept as buckets.
+        let raw_cutoff = timestamp.saturating_sub(RAW_WINDOW_SECONDS.min(retention));
+        while let Some(&(old, old_value)) = series.raw.front() {
+            if old >= raw_cutoff {
+                break;
+            }
+            series.raw.pop_front();
+            let start = old - old % BUCKET_SECONDS;
+            match series.buckets.back_mut() {
+                Some(bucket) if bucket.start == start => {
+                    bucket.min = bucket.min.min(old_value);
+                    bucket.max = bucket.max.max(old_value);
+                    bucket.sum += old_value;
+                    bucket.count += 1;
+                }
+                _ => series.buckets.push_back(Bucket {
+                    start,
+                    min: old_value,
+                    max: old_value,
+                    sum: old_value,
+                    count: 1,
+                }),
+            }
+        }
+        let cutoff = timestamp.saturating_sub(retention);
+        while series
+            .buckets
+            .front()
+            .is_some_and(|bucket| bucket.start + BUCKET_SECONDS <= cutoff)
+        {
+            series.buckets.pop_front();
+        }
+    }
+
+    /// Forgets the series of containers that no longer exist.
+    pub fn retain_containers(&mut self, live: &std::collections::HashSet<&str>) {
+        self.series.retain(|(scope, _), _| match scope {
+            Scope::Node => true,
+            Scope::Container(id) => live.contains(id.as_str()),
+        });
+    }
+
+    /// Points of the last `range` seconds before `now`. With `step` at or below the
+    /// data's own spacing, raw values; otherwise min/avg/max per `step`.
+    pub fn query(
+        &self,
+        scope: &Scope,
+        metric: &'static str,
+        now: u64,
+        range: u64,
+        step: u64,
+    ) -> Vec<Point> {
+        let Some(series) = self.series.get(&(scope.clone(), metric)) else {
+            return Vec::new();
+        };
+        let from = now.saturating_sub(range);
+        let raw = series
+            .raw
+            .iter()
+            .filter(|(timestamp, _)| (from..=now).contains(timestamp));
+        let spacing = series
+            .raw
+            .iter()
+            .zip(series.raw.iter().skip(1))
+            .map(|(a, b)| b.0.saturating_sub(a.0))
+            .min()
+            .unwrap_or(1);
+        let buckets_needed = series
+            .buckets
+            .iter()
+            .any(|bucket| bucket.start + BUCKET_SECONDS > from);
+        if step <= spacing && !buckets_needed {
+            return raw
+                .map(|&(timestamp, value)| Point::Raw { timestamp, value })
+                .collect();
+        }
+        // Re-aggregate buckets and raw samples into `step`-wide windows.
+        let step = step.max(1);
+        let mut windows: Vec<Bucket> = Vec::new();
+        let mut add = |start: u64, min: f64, max: f64, sum: f64, count: u32| {
+            let window = start - start % step;
+            match windows.last_mut() {
+                Some(last) if last.start == window => {
+                    last.min = last.min.min(min);
+                    last.max = last.max.max(max);
+                    last.sum += sum;
+                    last.count += count;
+                }
+                _ => windows.push(Bucket {
+                    start: window,
+                    min,
+                    max,
+                    sum,
+                    count,
+                }),
+            }
+        };
+        for bucket in series
+            .buckets
+            .iter()
+            .filter(|bucket| bucket.start + BUCKET_SECONDS > from && bucket.start <= now)
+        {
+            add(
+                bucket.start.max(from),
+                bucket.min,
+                bucket.max,
+                bucket.sum,
+                bucket.count,
+            );
+        }
+        for &(timestamp, value) in raw {
+            add(timestamp, value, value, value, 1);
+        }
+        windows
+            .into_iter()
+            .map(|window| Point::Aggregate {
+                timestamp: window.start,
+                min: window.min,
+                avg: window.sum / f64::from(window.count),
+                max: window.max,
+            })
+            .collect()
+    }
+
+    pub fn series_count(&self) -> usize {
+        self.series.len()
+    }
+}
+
+/// The valid metric name for `scope`, as `&'static str`, if `name` is one.
+pub fn metric_name(
+    metrics: &'static [(&'static str, &'static str)],
+    name: &str,
+) -> Option<&'static str> {
+    metrics
+        .iter()
+        .map(|(metric, _)| *metric)
+        .find(|metric| *metric == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_samples_come_back_raw() {
+        let mut history = History::new(86_400);
+        for t in 0..10 {
+            history.record(Scope::Node, "cpu_usage", 1000 + t * 5, t as f64);
+        }
+        let points = history.query(&Scope::Node, "cpu_usage", 1045, 20, 5);
+        assert_eq!(
+            points,
+            (5..10)
+                .map(|t| Point::Raw {
+                    timestamp: 1000 + t * 5,
+                    value: t as f64
+                })
+                .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn coarser_steps_keep_min_avg_max() {
+        let mut history = History::new(86_400);
+        for (t, value) in [(0, 1.0), (5, 3.0), (10, 8.0), (15, 0.0)] {
+            history.record(Scope::Node, "cpu_usage", 600 + t, value);
+        }
+        let points = history.query(&Scope::Node, "cpu_usage", 615, 60, 10);
+        assert_eq!(
+            points,
+            [
+                Point::Aggregate {
+                    timestamp: 600,
+                    min: 1.0,
+                    avg: 2.0,
+                    max: 3.0
+                },
+                Point::Aggregate {
+                    timestamp: 610,
+                    min: 0.0,
+                    avg: 4.0,
+                    max: 8.0
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn old_samples_are_downsampled_then_dropped_and_memory_is_bounded() {
+        let mut history = History::new(2 * 3600);
+        let interval = 10;
+        for t in (0..4 * 3600).step_by(interval as usize) {
+            history.record(Scope::Node, "load_average_1m", t, (t % 100) as f64);
+        }
+        let series = &history.series[&(Scope::Node, "load_average_1m")];
+        assert!(series.raw.len() as u64 <= RAW_WINDOW_SECONDS / interval + 1);
+        assert!(series.buckets.len() as u64 <= 2 * 3600 / BUCKET_SECONDS + 1);
+        let now = 4 * 3600 - interval;
+        let all = history.query(
+            &Scope::Node,
+            "load_average_1m",
+            now,
+            2 * 3600,
+            BUCKET_SECONDS,
+        );
+        assert!(
+            all.iter()
+                .all(|point| matches!(point, Point::Aggregate { .. }))
+        );
+        assert!(
+            all.len() as u64 <= 2 * 3600 / BUCKET_SECONDS + 2,
+            "{}",
+            all.len()
+        );
+        assert!(
+            history
+                .query(
+                    &Scope::Node,
+                    "load_average_1m",
+                    now,
+                    10 * 3600,
+                    BUCKET_SECONDS
+                )
+                .len()
+                <= all.len() + 1
+        );
+        assert!(bytes_per_series(86_400, 5) < 32 * 1024);
+    }
+
+    #[test]
+    fn containers_that_are_gone_are_forgotten() {
+        let mut history = History::new(3600);
+        history.record(Scope::Container("a".into()), "cpu_usage_percent", 1, 1.0);
+        history.record(Scope::Container("b".into()), "cpu_usage_percent", 1, 1.0);
+        history.record(Scope::Node, "cpu_usage", 1, f64::NAN);
+        history.retain_containers(&["a"].into_iter().collect());
+        assert_eq!(history.series_count(), 1);
+    }
+}

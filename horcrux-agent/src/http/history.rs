@@ -1,0 +1,112 @@
+//! History endpoints: `GET /api/monitoring/node/history` and
+//! `GET /api/containers/{id}/history`, with `?metric=<name>&range=<s>&step=<s>`.
+
+use std::sync::Arc;
+
+use axum::{
+    Json,
+    extract::{Path, Query, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use serde::Deserialize;
+
+use super::{ApiError, AppState, containers::resolve};
+use crate::{
+    collector::unix_seconds,
+    history::{self, CONTAINER_METRICS, NODE_METRICS, Scope},
+};
+
+#[derive(Debug, Deserialize)]
+pub struct HistoryQuery {
+    metric: Option<String>,
+    /// Seconds back from now (default one hour).
+    range: Option<u64>,
+    /// Seconds per point; at or below the sampling interval the points are raw values
+    /// (default 1: raw where possible).
+    step: Option<u64>,
+}
+
+pub async fn node(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<HistoryQuery>,
+) -> Response {
+    answer(&state, Scope::Node, NODE_METRICS, &query)
+}
+
+pub async fn container(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Query(query): Query<HistoryQuery>,
+) -> Response {
+    let Some(snapshot) = state.containers.borrow().clone() else {
+        return ApiError::no_sample_yet().into_response();
+    };
+    match resolve(&snapshot.containers, &id) {
+        Ok(container) => answer(
+            &state,
+            Scope::Container(container.id.clone()),
+            CONTAINER_METRICS,
+            &query,
+        ),
+        Err(error) => error.into_response(),
+    }
+}
+
+fn answer(
+    state: &AppState,
+    scope: Scope,
+    metrics: &'static [(&'static str, &'static str)],
+    query: &HistoryQuery,
+) -> Response {
+    let Some(store) = &state.history else {
+        return ApiError(
+            StatusCode::NOT_FOUND,
+            "history is disabled: set enable_history = true under [monitoring]".into(),
+        )
+        .into_response();
+    };
+    let valid = || {
+        metrics
+            .iter()
+            .map(|(name, _)| *name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let Some(metric) = query
+        .metric
+        .as_deref()
+        .and_then(|name| history::metric_name(metrics, name))
+    else {
+        return ApiError(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "unknown or missing metric {:?}; valid metrics: {}",
+                query.metric.as_deref().unwrap_or(""),
+                valid()
+            ),
+        )
+        .into_response();
+    };
+    let retention = state.config.history_retention.as_secs();
+    let range = query.range.unwrap_or(3600);
+    let step = query.step.unwrap_or(1);
+    if range == 0 || range > retention || step == 0 || step > range {
+        return ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("need 0 < range <= history_retention ({retention}) and 0 < step <= range"),
+        )
+        .into_response();
+    }
+    let points = store
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .query(&scope, metric, unix_seconds(), range, step);
+    Json(serde_json::json!({
+        "metric": metric,
+        "range": range,
+        "step": step,
+        "points": points,
+    }))
+    .into_response()
+}
