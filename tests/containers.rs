@@ -48,7 +48,13 @@ async fn containers_are_discovered_served_and_announced() {
     if skip_unless_root("containers_are_discovered_served_and_announced") {
         return;
     }
-    let agent = Agent::start("[monitoring]\nvm_metrics_interval = 1\nenable_history = true\n");
+    // Any container named like our test ids has memory >= 0: the rule fires when the
+    // container appears and resolves when it is gone.
+    let agent = Agent::start(
+        "[monitoring]\nvm_metrics_interval = 1\nenable_history = true\n\
+         [[alerts]]\nname = \"container-present\"\nscope = \"container\"\ntarget = \"*\"\n\
+         metric = \"memory_usage_bytes\"\nop = \">=\"\nthreshold = 0\n",
+    );
     agent.wait_for_cycles(1).await;
     let (mut socket, _) = connect_async(agent.ws_url()).await.expect("WebSocket");
 

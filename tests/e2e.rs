@@ -361,3 +361,58 @@ async fn history_serves_raw_and_downsampled_points() {
             .is_some_and(|e| e.contains("enable_history"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn alert_rules_fire_over_websocket_and_are_listed() {
+    // Memory use is always above 0%: fires on the first cycle.
+    let agent = Agent::start(
+        "[[alerts]]\nname = \"memory-in-use\"\nmetric = \"memory_usage\"\nop = \">\"\nthreshold = 0\nfor = 0\nseverity = \"info\"\n\
+         [[alerts]]\nname = \"never\"\nmetric = \"load_average_1m\"\nop = \">\"\nthreshold = 1e9\nfor = 5\n",
+    );
+    agent.wait_for_cycles(1).await;
+    let (mut socket, _) = connect_async(agent.ws_url()).await.expect("WebSocket");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let triggered = loop {
+        assert!(Instant::now() < deadline, "no AlertTriggered");
+        let message = tokio::time::timeout(Duration::from_secs(10), socket.next()).await;
+        let Ok(Some(Ok(Message::Text(text)))) = message else {
+            continue;
+        };
+        let value: Value = serde_json::from_str(&text).expect("JSON");
+        if value["type"] == "AlertTriggered" {
+            break value;
+        }
+        // The alert may have fired before we connected: then it is listed as active.
+        let (_, alerts) = agent.get("/api/alerts").await;
+        if let Some(active) = alerts["active"]
+            .as_array()
+            .and_then(|active| active.first())
+        {
+            break active.clone();
+        }
+    };
+    assert_eq!(triggered["rule"], "memory-in-use");
+    assert_eq!(
+        (&triggered["scope"], &triggered["target"]),
+        (&Value::from("node"), &Value::from(hostname()))
+    );
+    assert_eq!(
+        (
+            &triggered["op"],
+            &triggered["threshold"],
+            &triggered["severity"]
+        ),
+        (&Value::from(">"), &Value::from(0.0), &Value::from("info"))
+    );
+    assert!(triggered["value"].as_f64() > Some(0.0));
+    let (status, alerts) = agent.get("/api/alerts").await;
+    assert_eq!(status, 200);
+    assert_eq!(alerts["rules"].as_array().map(Vec::len), Some(2));
+    let active = alerts["active"].as_array().expect("active");
+    assert_eq!(
+        active.len(),
+        1,
+        "only the rule whose condition holds: {alerts}"
+    );
+    assert_eq!(active[0]["rule"], "memory-in-use");
+}

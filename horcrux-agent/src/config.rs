@@ -1,5 +1,6 @@
-//! `/etc/horcrux/horcrux.toml`: the spec's `[monitoring]` keys plus `[server] listen`.
-//! Unknown keys and invalid values are errors that name the key and its line.
+//! `/etc/horcrux/horcrux.toml`: the spec's `[monitoring]` keys, `[server] listen` and
+//! `[[alerts]]` rules. Unknown keys and invalid values are errors that name the key
+//! and its line.
 
 use std::{
     net::SocketAddr,
@@ -10,6 +11,11 @@ use std::{
 
 use serde::Deserialize;
 use toml::Spanned;
+
+use crate::{
+    alerts::{Comparison, Rule, RuleScope},
+    history::{CONTAINER_METRICS, NODE_METRICS, metric_name},
+};
 
 pub const DEFAULT_PATH: &str = "/etc/horcrux/horcrux.toml";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8006";
@@ -22,6 +28,7 @@ pub struct Config {
     pub enable_history: bool,
     pub history_retention: Duration,
     pub max_ws_clients: usize,
+    pub alerts: Vec<Rule>,
 }
 
 impl Default for Config {
@@ -33,6 +40,7 @@ impl Default for Config {
             enable_history: false,
             history_retention: Duration::from_secs(86_400),
             max_ws_clients: 100,
+            alerts: Vec::new(),
         }
     }
 }
@@ -62,6 +70,24 @@ struct File {
     monitoring: Monitoring,
     #[serde(default)]
     server: Server,
+    #[serde(default)]
+    alerts: Vec<AlertSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertSection {
+    name: Spanned<String>,
+    metric: Spanned<String>,
+    /// `node` (default) or `container`.
+    scope: Option<Spanned<String>>,
+    /// For container rules: a glob over container ids and names.
+    target: Option<Spanned<String>>,
+    op: Spanned<String>,
+    threshold: Spanned<f64>,
+    #[serde(rename = "for")]
+    for_seconds: Option<Spanned<u64>>,
+    severity: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -169,8 +195,127 @@ impl Config {
                 WS_CLIENTS,
                 defaults.max_ws_clients as u64,
             )? as usize,
+            alerts: file
+                .alerts
+                .iter()
+                .enumerate()
+                .map(|(index, section)| alert_rule(section, &file.alerts[..index], &invalid))
+                .collect::<Result<_, _>>()?,
         })
     }
+}
+
+const SEVERITIES: [&str; 3] = ["info", "warning", "critical"];
+
+/// Checks one `[[alerts]]` table; `earlier` are the tables before it (names must be unique).
+fn alert_rule(
+    section: &AlertSection,
+    earlier: &[AlertSection],
+    invalid: &impl Fn(&str, Range<usize>, String) -> ConfigError,
+) -> Result<Rule, ConfigError> {
+    let name = section.name.get_ref().trim();
+    if name.is_empty()
+        || earlier
+            .iter()
+            .any(|other| other.name.get_ref().trim() == name)
+    {
+        return Err(invalid(
+            "alerts.name",
+            section.name.span(),
+            format!("must be non-empty and unique (got {name:?})"),
+        ));
+    }
+    let scope = match section.scope.as_ref().map(|scope| scope.get_ref().as_str()) {
+        None | Some("node") => {
+            if let Some(target) = &section.target {
+                return Err(invalid(
+                    "alerts.target",
+                    target.span(),
+                    "only applies to scope = \"container\"".into(),
+                ));
+            }
+            RuleScope::Node
+        }
+        Some("container") => RuleScope::Container {
+            pattern: section
+                .target
+                .as_ref()
+                .map(|target| target.get_ref().clone()),
+        },
+        Some(other) => {
+            let span = section.scope.as_ref().map_or(0..0, Spanned::span);
+            return Err(invalid(
+                "alerts.scope",
+                span,
+                format!("must be \"node\" or \"container\" (got {other:?})"),
+            ));
+        }
+    };
+    let metrics = if scope == RuleScope::Node {
+        NODE_METRICS
+    } else {
+        CONTAINER_METRICS
+    };
+    let metric = metric_name(metrics, section.metric.get_ref()).ok_or_else(|| {
+        let valid: Vec<&str> = metrics.iter().map(|(name, _)| *name).collect();
+        invalid(
+            "alerts.metric",
+            section.metric.span(),
+            format!(
+                "{:?} is not one of {}",
+                section.metric.get_ref(),
+                valid.join(", ")
+            ),
+        )
+    })?;
+    let op = Comparison::parse(section.op.get_ref()).ok_or_else(|| {
+        invalid(
+            "alerts.op",
+            section.op.span(),
+            format!("must be >, >=, < or <= (got {:?})", section.op.get_ref()),
+        )
+    })?;
+    let threshold = *section.threshold.get_ref();
+    if !threshold.is_finite() {
+        return Err(invalid(
+            "alerts.threshold",
+            section.threshold.span(),
+            "must be a finite number".into(),
+        ));
+    }
+    let for_seconds = section
+        .for_seconds
+        .as_ref()
+        .map_or(0, |seconds| *seconds.get_ref());
+    if for_seconds > 86_400 {
+        let span = section.for_seconds.as_ref().map_or(0..0, Spanned::span);
+        return Err(invalid(
+            "alerts.for",
+            span,
+            format!("must be at most 86400 seconds (got {for_seconds})"),
+        ));
+    }
+    let severity = section
+        .severity
+        .as_ref()
+        .map_or("warning", |severity| severity.get_ref().as_str());
+    if !SEVERITIES.contains(&severity) {
+        let span = section.severity.as_ref().map_or(0..0, Spanned::span);
+        return Err(invalid(
+            "alerts.severity",
+            span,
+            format!("must be info, warning or critical (got {severity:?})"),
+        ));
+    }
+    Ok(Rule {
+        name: name.to_owned(),
+        metric,
+        scope,
+        op,
+        threshold,
+        for_seconds,
+        severity: severity.to_owned(),
+    })
 }
 
 /// 1-based line number of a byte offset.
@@ -247,6 +392,69 @@ mod tests {
             .to_string();
         assert!(
             error.contains("server.listen") && error.contains("line 2"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn reads_alert_rules() {
+        let config = parse(
+            "[[alerts]]\nname = \"high-cpu\"\nmetric = \"cpu_usage\"\nop = \">\"\nthreshold = 90\nfor = 30\n\
+             [[alerts]]\nname = \"web-memory\"\nmetric = \"memory_usage_bytes\"\nscope = \"container\"\n\
+             target = \"web-*\"\nop = \">=\"\nthreshold = 1e9\nseverity = \"critical\"\n",
+        )
+        .expect("valid");
+        assert_eq!(config.alerts.len(), 2);
+        assert_eq!(
+            (
+                config.alerts[0].for_seconds,
+                config.alerts[0].severity.as_str()
+            ),
+            (30, "warning")
+        );
+        assert_eq!(
+            config.alerts[1].scope,
+            RuleScope::Container {
+                pattern: Some("web-*".into())
+            }
+        );
+        assert_eq!(config.alerts[1].op, Comparison::AtLeast);
+    }
+
+    #[test]
+    fn bad_alert_rules_name_key_and_line() {
+        let base = "[[alerts]]\nname = \"a\"\nmetric = \"cpu_usage\"\nop = \">\"\nthreshold = 1\n";
+        for (extra, key, line) in [
+            ("severity = \"loud\"\n", "alerts.severity", "line 6"),
+            ("scope = \"vm\"\n", "alerts.scope", "line 6"),
+            ("target = \"x\"\n", "alerts.target", "line 6"),
+            ("oops = 1\n", "oops", "line 6"),
+        ] {
+            let error = parse(&format!("{base}{extra}")).unwrap_err().to_string();
+            assert!(
+                error.contains(key) && error.contains(line),
+                "{key}: {error}"
+            );
+        }
+        let error = parse(&base.replace("cpu_usage", "cpu_usage_percent"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("alerts.metric")
+                && error.contains("line 3")
+                && error.contains("memory_usage"),
+            "{error}"
+        );
+        let error = parse(&base.replace("\">\"", "\"!=\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("alerts.op") && error.contains("line 4"),
+            "{error}"
+        );
+        let error = parse(&format!("{base}{base}")).unwrap_err().to_string();
+        assert!(
+            error.contains("alerts.name") && error.contains("line 7"),
             "{error}"
         );
     }

@@ -1,4 +1,5 @@
-//! Storage: in-memory metric history, enabled by `enable_history`.
+//! Storage: in-memory metric history, enabled by `enable_history`. The named series
+//! ([`NODE_METRICS`], [`CONTAINER_METRICS`]) are also what alert rules can watch.
 //!
 //! Each series keeps two ring buffers: every sample for the most recent
 //! [`RAW_WINDOW_SECONDS`], and [`BUCKET_SECONDS`] buckets of min/avg/max for the rest
@@ -8,6 +9,8 @@
 use std::collections::{HashMap, VecDeque};
 
 use serde::Serialize;
+
+use crate::model::{ContainerMetrics, DiskKind, NodeMetrics};
 
 /// Full-resolution window.
 pub const RAW_WINDOW_SECONDS: u64 = 3600;
@@ -49,6 +52,86 @@ pub const CONTAINER_METRICS: &[(&str, &str)] = &[
     ("block_read_bytes_per_second", "bytes/s read"),
     ("block_write_bytes_per_second", "bytes/s written"),
 ];
+
+/// The values of [`NODE_METRICS`] in a node sample (absent when not measured).
+pub fn node_values(node: &NodeMetrics) -> Vec<(&'static str, f64)> {
+    let mut values = vec![
+        ("memory_usage", node.memory_usage),
+        ("disk_usage", node.disk_usage),
+        ("load_average_1m", node.load_average_1m),
+        ("load_average_5m", node.load_average_5m),
+        ("load_average_15m", node.load_average_15m),
+    ];
+    if let Some(usage) = node.cpu.as_ref().and_then(|cpu| cpu.usage_percent) {
+        values.push(("cpu_usage", usage));
+    }
+    let outside = node
+        .network
+        .iter()
+        .flatten()
+        .filter(|net| net.interface != "lo");
+    let network: Vec<_> = outside.filter_map(|net| net.rates.as_ref()).collect();
+    if !network.is_empty() {
+        values.push((
+            "network_rx_bytes_per_second",
+            network.iter().map(|r| r.rx_bytes_per_second).sum(),
+        ));
+        values.push((
+            "network_tx_bytes_per_second",
+            network.iter().map(|r| r.tx_bytes_per_second).sum(),
+        ));
+    }
+    let disks: Vec<_> = node
+        .disks
+        .iter()
+        .flatten()
+        .filter(|disk| disk.kind == DiskKind::Disk)
+        .filter_map(|disk| disk.rates.as_ref())
+        .collect();
+    if !disks.is_empty() {
+        values.push((
+            "disk_read_bytes_per_second",
+            disks.iter().map(|r| r.read_bytes_per_second).sum(),
+        ));
+        values.push((
+            "disk_write_bytes_per_second",
+            disks.iter().map(|r| r.write_bytes_per_second).sum(),
+        ));
+    }
+    values
+}
+
+/// The values of [`CONTAINER_METRICS`] in a container sample.
+pub fn container_values(container: &ContainerMetrics) -> Vec<(&'static str, f64)> {
+    let network = container.network.as_ref();
+    let block = container.block_io.as_ref();
+    [
+        ("cpu_usage_percent", container.cpu_usage_percent),
+        (
+            "memory_usage_bytes",
+            container.memory_usage_bytes.map(|bytes| bytes as f64),
+        ),
+        (
+            "network_rx_bytes_per_second",
+            network.and_then(|n| n.rx_bytes_per_second),
+        ),
+        (
+            "network_tx_bytes_per_second",
+            network.and_then(|n| n.tx_bytes_per_second),
+        ),
+        (
+            "block_read_bytes_per_second",
+            block.and_then(|b| b.read_bytes_per_second),
+        ),
+        (
+            "block_write_bytes_per_second",
+            block.and_then(|b| b.write_bytes_per_second),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(metric, value)| Some((metric, value?)))
+    .collect()
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Scope {

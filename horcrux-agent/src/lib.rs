@@ -5,6 +5,7 @@
 //! model and rate cache: [`model`], [`rates`]. Collection schedule and snapshots:
 //! [`collector`]. Storage: [`history`]. HTTP surface: [`http`]. Start-up: [`run`].
 
+pub mod alerts;
 pub mod cgroup;
 pub mod collector;
 pub mod config;
@@ -51,6 +52,7 @@ pub async fn run(config: Config) -> std::io::Result<()> {
             config.history_retention.as_secs(),
         )))
     });
+    let alerts = Arc::new(Mutex::new(alerts::AlertEngine::new(config.alerts.clone())));
     let (node_tx, node_rx) = watch::channel(None);
     let (containers_tx, containers_rx) = watch::channel(None);
     let (ws_tx, _) = broadcast::channel(WS_BUFFER);
@@ -58,11 +60,13 @@ pub async fn run(config: Config) -> std::io::Result<()> {
         snapshots: node_tx,
         ws_messages: ws_tx.clone(),
         history: history.clone(),
+        alerts: alerts.clone(),
     };
     let container_outputs = collector::Outputs {
         snapshots: containers_tx,
         ws_messages: ws_tx.clone(),
         history: history.clone(),
+        alerts: alerts.clone(),
     };
     collector::spawn_node(
         config.node_metrics_interval,
@@ -85,6 +89,7 @@ pub async fn run(config: Config) -> std::io::Result<()> {
         hierarchies,
         cgroup_families,
         history,
+        alerts,
         ebpf_embedded: ebpf::EbpfPrograms::embedded(),
     });
     tracing::info!(

@@ -19,10 +19,11 @@ use axum::extract::ws::Utf8Bytes;
 use tokio::sync::{broadcast, watch};
 
 use crate::{
+    alerts::{AlertEngine, Target},
     cgroup::stats::CgroupReader,
     ebpf::{EbpfPrograms, ProgramStatus},
-    history::{History, Scope},
-    model::{ContainerMetrics, DiskKind, NodeMetrics, NodeMetricsMessage, VmMetricsMessage},
+    history::{self, History, Scope},
+    model::{ContainerMetrics, NodeMetrics, NodeMetricsMessage, VmMetricsMessage},
 };
 use containers::ContainerCollector;
 use health::CollectorHealth;
@@ -56,6 +57,7 @@ pub struct Outputs<T> {
     pub ws_messages: broadcast::Sender<Utf8Bytes>,
     /// Present when `enable_history` is on.
     pub history: Option<Arc<Mutex<History>>>,
+    pub alerts: Arc<Mutex<AlertEngine>>,
 }
 
 impl<T> Outputs<T> {
@@ -67,14 +69,36 @@ impl<T> Outputs<T> {
         }
     }
 
-    fn record(&self, write: impl FnOnce(&mut History)) {
+    /// Records series in history (when enabled) and evaluates the alert rules of one
+    /// scope on them; returns the alert messages to send.
+    fn record(&self, scope_is_node: bool, targets: &[Target], now: u64) -> Vec<Utf8Bytes> {
         if let Some(history) = &self.history {
-            write(
-                &mut history
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner),
-            );
+            let mut history = history
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for target in targets {
+                let scope = if scope_is_node {
+                    Scope::Node
+                } else {
+                    Scope::Container(target.id.to_owned())
+                };
+                for &(metric, value) in target.values {
+                    history.record(scope.clone(), metric, now, value);
+                }
+            }
+            if !scope_is_node {
+                history.retain_containers(&targets.iter().map(|target| target.id).collect());
+            }
         }
+        let mut alerts = self
+            .alerts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        alerts
+            .evaluate(scope_is_node, targets, now)
+            .iter()
+            .map(to_json)
+            .collect()
     }
 }
 
@@ -104,11 +128,13 @@ pub fn spawn_node(
                 collector
                     .health
                     .record_cycle(started.elapsed(), cpu_since(cpu_before), timestamp);
-                outputs.record(|history| {
-                    for (metric, value) in history_values(&node) {
-                        history.record(Scope::Node, metric, timestamp, value);
-                    }
-                });
+                let values = history::node_values(&node);
+                let target = Target {
+                    id: &node.hostname,
+                    name: None,
+                    values: &values,
+                };
+                let alerts = outputs.record(true, &[target], timestamp);
                 let node_message = to_json(&NodeMetricsMessage::from(&node));
                 let snapshot = NodeSnapshot {
                     node_json: to_json(&node),
@@ -117,7 +143,7 @@ pub fn spawn_node(
                     health: collector.health.clone(),
                     ebpf: ebpf.statuses(),
                 };
-                outputs.publish(snapshot, [node_message]);
+                outputs.publish(snapshot, std::iter::once(node_message).chain(alerts));
             },
         );
     })
@@ -150,21 +176,22 @@ pub fn spawn_containers(
                         .as_ref()
                         .map(|memory| memory.total_bytes)
                 });
-                outputs.record(|history| {
-                    for container in &cycle.containers {
-                        for (metric, value) in container_history_values(container) {
-                            history.record(
-                                Scope::Container(container.id.clone()),
-                                metric,
-                                timestamp,
-                                value,
-                            );
-                        }
-                    }
-                    history.retain_containers(
-                        &cycle.containers.iter().map(|c| c.id.as_str()).collect(),
-                    );
-                });
+                let values: Vec<_> = cycle
+                    .containers
+                    .iter()
+                    .map(history::container_values)
+                    .collect();
+                let targets: Vec<Target> = cycle
+                    .containers
+                    .iter()
+                    .zip(&values)
+                    .map(|(container, values)| Target {
+                        id: &container.id,
+                        name: container.name.as_deref(),
+                        values,
+                    })
+                    .collect();
+                let alerts = outputs.record(false, &targets, timestamp);
                 let messages: Vec<Utf8Bytes> = cycle
                     .changes
                     .iter()
@@ -175,6 +202,7 @@ pub fn spawn_containers(
                             .iter()
                             .map(|c| to_json(&VmMetricsMessage::new(c, host_memory))),
                     )
+                    .chain(alerts)
                     .collect();
                 let snapshot = ContainerSnapshot {
                     containers: cycle.containers,
@@ -185,86 +213,6 @@ pub fn spawn_containers(
             },
         );
     })
-}
-
-/// The node series kept in history ([`crate::history::NODE_METRICS`]).
-fn history_values(node: &NodeMetrics) -> Vec<(&'static str, f64)> {
-    let mut values = vec![
-        ("memory_usage", node.memory_usage),
-        ("disk_usage", node.disk_usage),
-        ("load_average_1m", node.load_average_1m),
-        ("load_average_5m", node.load_average_5m),
-        ("load_average_15m", node.load_average_15m),
-    ];
-    if let Some(usage) = node.cpu.as_ref().and_then(|cpu| cpu.usage_percent) {
-        values.push(("cpu_usage", usage));
-    }
-    let outside = node
-        .network
-        .iter()
-        .flatten()
-        .filter(|net| net.interface != "lo");
-    let network: Vec<_> = outside.filter_map(|net| net.rates.as_ref()).collect();
-    if !network.is_empty() {
-        values.push((
-            "network_rx_bytes_per_second",
-            network.iter().map(|r| r.rx_bytes_per_second).sum(),
-        ));
-        values.push((
-            "network_tx_bytes_per_second",
-            network.iter().map(|r| r.tx_bytes_per_second).sum(),
-        ));
-    }
-    let disks: Vec<_> = node
-        .disks
-        .iter()
-        .flatten()
-        .filter(|disk| disk.kind == DiskKind::Disk)
-        .filter_map(|disk| disk.rates.as_ref())
-        .collect();
-    if !disks.is_empty() {
-        values.push((
-            "disk_read_bytes_per_second",
-            disks.iter().map(|r| r.read_bytes_per_second).sum(),
-        ));
-        values.push((
-            "disk_write_bytes_per_second",
-            disks.iter().map(|r| r.write_bytes_per_second).sum(),
-        ));
-    }
-    values
-}
-
-/// The container series kept in history ([`crate::history::CONTAINER_METRICS`]).
-fn container_history_values(container: &ContainerMetrics) -> Vec<(&'static str, f64)> {
-    let network = container.network.as_ref();
-    let block = container.block_io.as_ref();
-    [
-        ("cpu_usage_percent", container.cpu_usage_percent),
-        (
-            "memory_usage_bytes",
-            container.memory_usage_bytes.map(|bytes| bytes as f64),
-        ),
-        (
-            "network_rx_bytes_per_second",
-            network.and_then(|n| n.rx_bytes_per_second),
-        ),
-        (
-            "network_tx_bytes_per_second",
-            network.and_then(|n| n.tx_bytes_per_second),
-        ),
-        (
-            "block_read_bytes_per_second",
-            block.and_then(|b| b.read_bytes_per_second),
-        ),
-        (
-            "block_write_bytes_per_second",
-            block.and_then(|b| b.write_bytes_per_second),
-        ),
-    ]
-    .into_iter()
-    .filter_map(|(metric, value)| Some((metric, value?)))
-    .collect()
 }
 
 fn spawn(

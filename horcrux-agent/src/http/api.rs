@@ -76,6 +76,19 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Json<serde_json::Valu
     }))
 }
 
+/// `GET /api/alerts`: the rules, the alerts firing now and the recently resolved ones.
+pub async fn alerts(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let engine = state
+        .alerts
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    Json(json!({
+        "rules": engine.rules(),
+        "active": engine.active(),
+        "resolved": engine.recently_resolved(),
+    }))
+}
+
 pub async fn not_found() -> ApiError {
     ApiError(StatusCode::NOT_FOUND, "no such endpoint".into())
 }

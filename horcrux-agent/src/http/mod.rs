@@ -23,6 +23,7 @@ use axum::{
 use tokio::sync::broadcast;
 
 use crate::{
+    alerts::AlertEngine,
     cgroup::Hierarchies,
     collector::{ContainerSnapshot, Latest, NodeSnapshot},
     config::Config,
@@ -41,6 +42,7 @@ pub struct AppState {
     pub cgroup_families: BTreeMap<&'static str, String>,
     /// `None` when `enable_history` is off.
     pub history: Option<Arc<Mutex<History>>>,
+    pub alerts: Arc<Mutex<AlertEngine>>,
     pub ebpf_embedded: bool,
 }
 
@@ -48,6 +50,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/api/monitoring/node/metrics", get(api::node_metrics))
         .route("/api/status", get(api::status))
+        .route("/api/alerts", get(api::alerts))
         .route("/api/containers", get(containers::list))
         .route("/api/containers/{id}/metrics", get(containers::metrics))
         .route("/api/monitoring/node/history", get(history::node))
