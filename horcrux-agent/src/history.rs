@@ -65,21 +65,9 @@ pub fn node_values(node: &NodeMetrics) -> Vec<(&'static str, f64)> {
     if let Some(usage) = node.cpu.as_ref().and_then(|cpu| cpu.usage_percent) {
         values.push(("cpu_usage", usage));
     }
-    let outside = node
-        .network
-        .iter()
-        .flatten()
-        .filter(|net| net.interface != "lo");
-    let network: Vec<_> = outside.filter_map(|net| net.rates.as_ref()).collect();
-    if !network.is_empty() {
-        values.push((
-            "network_rx_bytes_per_second",
-            network.iter().map(|r| r.rx_bytes_per_second).sum(),
-        ));
-        values.push((
-            "network_tx_bytes_per_second",
-            network.iter().map(|r| r.tx_bytes_per_second).sum(),
-        ));
+    if let Some((rx, tx)) = node.network_rates() {
+        values.push(("network_rx_bytes_per_second", rx));
+        values.push(("network_tx_bytes_per_second", tx));
     }
     let disks: Vec<_> = node
         .disks

@@ -37,6 +37,26 @@ pub struct NodeMetrics {
     pub filesystems: Option<Vec<FilesystemMetrics>>,
 }
 
+impl NodeMetrics {
+    /// Received and transmitted bytes/s over every interface but `lo` (`None` before
+    /// the second sample).
+    pub fn network_rates(&self) -> Option<(f64, f64)> {
+        let rates: Vec<&NetworkRates> = self
+            .network
+            .iter()
+            .flatten()
+            .filter(|net| net.interface != "lo")
+            .filter_map(|net| net.rates.as_ref())
+            .collect();
+        (!rates.is_empty()).then(|| {
+            (
+                rates.iter().map(|r| r.rx_bytes_per_second).sum(),
+                rates.iter().map(|r| r.tx_bytes_per_second).sum(),
+            )
+        })
+    }
+}
+
 /// One value per CPU mode (the eight that partition CPU time).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct CpuModes {
@@ -265,6 +285,9 @@ pub struct NodeMetricsMessage<'a> {
     pub disk_usage: f64,
     pub load_averages: [f64; 3],
     pub timestamp: u64,
+    /// Beyond the spec: live network rates for the dashboard (`null` on the first sample).
+    pub network_rx_bytes_per_second: Option<f64>,
+    pub network_tx_bytes_per_second: Option<f64>,
 }
 
 impl<'a> From<&'a NodeMetrics> for NodeMetricsMessage<'a> {
@@ -281,6 +304,8 @@ impl<'a> From<&'a NodeMetrics> for NodeMetricsMessage<'a> {
                 node.load_average_15m,
             ],
             timestamp: node.timestamp,
+            network_rx_bytes_per_second: node.network_rates().map(|(rx, _)| rx),
+            network_tx_bytes_per_second: node.network_rates().map(|(_, tx)| tx),
         }
     }
 }

@@ -16,7 +16,7 @@ use std::{
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// What the tests run or compare against: `free`/`uptime` (procps), `ip` (iproute2),
 /// `df` (coreutils), real container runtimes and a busybox-static image root,
-/// Prometheus and promtool.
+/// Prometheus and promtool, Chromium and chromedriver for the dashboard test.
 const TEST_PACKAGES: &[&str] = &[
     "procps",
     "iproute2",
@@ -28,6 +28,9 @@ const TEST_PACKAGES: &[&str] = &[
     "runc",
     "lxc",
     "prometheus",
+    "chromium",
+    "chromium-driver",
+    "curl",
 ];
 /// Debian's hook that lets the installer start services; "101" forbids it. The tests
 /// start the daemons they need themselves, privately, and stop them.

@@ -3,6 +3,7 @@
 
 mod api;
 mod containers;
+mod dashboard;
 mod history;
 mod prometheus;
 mod ws;
@@ -48,6 +49,9 @@ pub struct AppState {
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
+        .route("/", get(dashboard::index))
+        .route("/dashboard/app.js", get(dashboard::script))
+        .route("/dashboard/style.css", get(dashboard::style))
         .route("/api/monitoring/node/metrics", get(api::node_metrics))
         .route("/api/status", get(api::status))
         .route("/api/alerts", get(api::alerts))

@@ -1,0 +1,296 @@
+//! The web dashboard in a real browser: headless Chromium driven through chromedriver's
+//! W3C WebDriver API. Numbers on the page must change as WebSocket messages arrive,
+//! CPU must rise under load, a container created during the test must appear, the
+//! detail view must open, and the page must fit a phone's width.
+
+mod common;
+
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use base64::Engine;
+use common::{
+    Agent,
+    cgroup::{TestCgroup, skip_unless_root},
+};
+use serde_json::{Value, json};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+struct Browser {
+    driver: Child,
+    base: String,
+    session: String,
+    http: reqwest::Client,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+            .port();
+        let driver = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let profile = tempfile::tempdir().expect("profile dir");
+        // Flags for a closed network: no background connections, no sandbox as root.
+        let args = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            "--window-size=1280,900",
+        ];
+        let mut args: Vec<String> = args.iter().map(|arg| (*arg).to_owned()).collect();
+        args.push(format!("--user-data-dir={}", profile.path().display()));
+        let capabilities = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {"binary": CHROMIUM, "args": args}
+        }}});
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let session = loop {
+            if let Ok(response) = http
+                .post(format!("{base}/session"))
+                .json(&capabilities)
+                .send()
+                .await
+            {
+                let body: Value = response.json().await.expect("session JSON");
+                break body["value"]["sessionId"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("no session: {body}"))
+                    .to_owned();
+            }
+            assert!(Instant::now() < deadline, "chromedriver did not answer");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        Browser {
+            driver,
+            base,
+            session,
+            http,
+            _profile: profile,
+        }
+    }
+
+    async fn command(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        // chromedriver reads a JSON object body on every command, GETs included.
+        let body = if body.is_null() { json!({}) } else { body };
+        let response = self
+            .http
+            .request(method, url)
+            .json(&body)
+            .send()
+            .await
+            .expect("WebDriver request");
+        let body: Value = response.json().await.expect("WebDriver JSON");
+        body["value"].clone()
+    }
+
+    async fn open(&self, url: &str) {
+        self.command(reqwest::Method::POST, "/url", json!({ "url": url }))
+            .await;
+    }
+
+    async fn run(&self, script: &str) -> Value {
+        self.command(
+            reqwest::Method::POST,
+            "/execute/sync",
+            json!({ "script": script, "args": [] }),
+        )
+        .await
+    }
+
+    /// Polls `script` until `accept` takes its result (20 s at most).
+    async fn wait_for(&self, what: &str, script: &str, accept: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let value = self.run(script).await;
+            if accept(&value) {
+                return value;
+            }
+            assert!(Instant::now() < deadline, "{what}: last value {value}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    async fn screenshot(&self, path: &Path) {
+        let encoded = self
+            .command(reqwest::Method::GET, "/screenshot", Value::Null)
+            .await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(
+                encoded
+                    .as_str()
+                    .unwrap_or_else(|| panic!("screenshot: {encoded}")),
+            )
+            .expect("base64");
+        std::fs::write(path, png).expect("write screenshot");
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // Ending the session makes chromedriver quit its Chromium.
+        let _ = Command::new("curl")
+            .args([
+                "-s",
+                "-m",
+                "10",
+                "-X",
+                "DELETE",
+                &format!("{}/session/{}", self.base, self.session),
+            ])
+            .stdout(Stdio::null())
+            .status();
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+        // Should the session not have ended, no Chromium of this profile survives.
+        let _ = Command::new("pkill")
+            .args(["-f", &self._profile.path().display().to_string()])
+            .status();
+    }
+}
+
+fn number(value: &Value) -> Option<f64> {
+    value.as_str()?.split_whitespace().next()?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dashboard_updates_live_in_a_real_browser() {
+    if !Path::new(CHROMIUM).exists() || !Path::new(CHROMEDRIVER).exists() {
+        eprintln!(
+            "SKIPPED dashboard test: chromium and chromium-driver are not installed (`cargo xtask setup` installs them)"
+        );
+        return;
+    }
+    let agent = Agent::start("[monitoring]\nvm_metrics_interval = 1\nenable_history = true\n");
+    agent.wait_for_cycles(2).await;
+    let browser = Browser::start().await;
+    browser.open(&agent.url("/")).await;
+    browser
+        .wait_for(
+            "connection state",
+            "return document.querySelector('#connection').dataset.state",
+            |v| v == "live",
+        )
+        .await;
+
+    // Numbers change as WebSocket messages arrive: the sample time moves on.
+    let stamp = "return Number(document.querySelector('#updated').dataset.timestamp || 0)";
+    let first = browser
+        .wait_for("first sample", stamp, |v| v.as_u64() > Some(0))
+        .await;
+    browser
+        .wait_for("a later sample", stamp, |v| v.as_u64() > first.as_u64())
+        .await;
+
+    // CPU shown on the page rises while the test keeps every CPU busy.
+    let stop = Arc::new(AtomicBool::new(false));
+    let burners: Vec<_> = (0..std::thread::available_parallelism().map_or(1, usize::from))
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            })
+        })
+        .collect();
+    let cpu = browser
+        .wait_for(
+            "CPU under load",
+            "return document.querySelector('#cpu-value').textContent",
+            |v| number(v).is_some_and(|percent| percent >= 80.0),
+        )
+        .await;
+    stop.store(true, Ordering::Relaxed);
+    burners
+        .into_iter()
+        .for_each(|burner| burner.join().expect("burner"));
+    assert!(
+        cpu.as_str().is_some_and(|text| text.ends_with('%')),
+        "{cpu}"
+    );
+
+    // A container created now appears in the table, and its detail view opens.
+    if !skip_unless_root("the container part of dashboard_updates_live_in_a_real_browser") {
+        let mut cgroup = TestCgroup::new();
+        cgroup.run("exec sleep 60", "");
+        let short = cgroup.id[..12].to_owned();
+        let find_row = format!(
+            "return document.querySelector('#containers tbody').textContent.includes('{short}')"
+        );
+        browser
+            .wait_for("new container row", &find_row, |v| v == true)
+            .await;
+        browser
+            .run(&format!(
+                "document.querySelector('tr[data-id=\"{}\"]').click()",
+                cgroup.id
+            ))
+            .await;
+        browser
+            .wait_for(
+                "detail view",
+                "return document.querySelector('#detail-body').textContent",
+                |v| v.as_str().is_some_and(|text| text.contains("working set")),
+            )
+            .await;
+        // Search filters the table.
+        let filter = "const s = document.querySelector('#search'); s.value = 'no-such-container'; \
+                      s.dispatchEvent(new Event('input')); return document.querySelector('#containers tbody').textContent";
+        assert!(
+            browser
+                .run(filter)
+                .await
+                .as_str()
+                .is_some_and(|text| text.contains("no containers"))
+        );
+    }
+    browser
+        .screenshot(&Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png"))
+        .await;
+
+    // Phone width: nothing wider than the screen (the table scrolls inside its panel).
+    browser
+        .command(
+            reqwest::Method::POST,
+            "/window/rect",
+            json!({"width": 390, "height": 844}),
+        )
+        .await;
+    let overflow = browser
+        .wait_for(
+            "phone layout",
+            "return document.documentElement.scrollWidth - window.innerWidth",
+            |v| v.as_i64().is_some(),
+        )
+        .await;
+    assert!(
+        overflow.as_i64() <= Some(0),
+        "page overflows a phone screen by {overflow} px"
+    );
+}
