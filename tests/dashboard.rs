@@ -8,10 +8,6 @@ mod common;
 use std::{
     path::Path,
     process::{Child, Command, Stdio},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
     time::{Duration, Instant},
 };
 
@@ -207,18 +203,7 @@ async fn dashboard_updates_live_in_a_real_browser() {
         .await;
 
     // CPU shown on the page rises while the test keeps every CPU busy.
-    let stop = Arc::new(AtomicBool::new(false));
-    let burners: Vec<_> = (0..std::thread::available_parallelism().map_or(1, usize::from))
-        .map(|_| {
-            let stop = Arc::clone(&stop);
-            std::thread::spawn(move || {
-                let mut x = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
-                }
-            })
-        })
-        .collect();
+    let burner = common::CpuBurner::start();
     let cpu = browser
         .wait_for(
             "CPU under load",
@@ -226,10 +211,7 @@ async fn dashboard_updates_live_in_a_real_browser() {
             |v| number(v).is_some_and(|percent| percent >= 80.0),
         )
         .await;
-    stop.store(true, Ordering::Relaxed);
-    burners
-        .into_iter()
-        .for_each(|burner| burner.join().expect("burner"));
+    drop(burner);
     assert!(
         cpu.as_str().is_some_and(|text| text.ends_with('%')),
         "{cpu}"

@@ -3,13 +3,7 @@
 
 mod common;
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use common::Agent;
 use futures_util::StreamExt;
@@ -155,19 +149,7 @@ async fn websocket_streams_node_metrics_and_cpu_usage_rises_under_load() {
     );
 
     // Keep every CPU busy; the agent must see it within a few samples.
-    let stop = Arc::new(AtomicBool::new(false));
-    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-    let burners: Vec<_> = (0..cpus)
-        .map(|_| {
-            let stop = Arc::clone(&stop);
-            std::thread::spawn(move || {
-                let mut x = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
-                }
-            })
-        })
-        .collect();
+    let burner = common::CpuBurner::start();
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut highest = 0.0_f64;
     while Instant::now() < deadline && highest < 80.0 {
@@ -177,10 +159,7 @@ async fn websocket_streams_node_metrics_and_cpu_usage_rises_under_load() {
                 .unwrap_or(0.0),
         );
     }
-    stop.store(true, Ordering::Relaxed);
-    for burner in burners {
-        burner.join().expect("burner thread");
-    }
+    drop(burner);
     assert!(
         highest >= 80.0,
         "cpu_usage peaked at {highest}% with all CPUs busy"

@@ -4,6 +4,9 @@
 //! without controllers), including malformed files, `max` limits and a cgroup that
 //! vanishes between discovery and read.
 
+#[path = "support/mutate.rs"]
+mod mutate;
+
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -19,6 +22,7 @@ use horcrux_agent::{
     collector::containers::ContainerCollector,
     model::ContainerState,
 };
+use mutate::mutations;
 
 fn id(digit: char) -> String {
     std::iter::repeat_n(digit, 64).collect()
@@ -322,9 +326,8 @@ fn container_collector_over_fixtures_reports_availability_and_state_changes() {
     assert_eq!(docker.cpu_usage_percent, Some(0.0), "counters did not move");
 }
 
-/// Deterministic mutation fuzzing of every cgroup file parser over the fixture files:
-/// byte flips, truncations, inserted separators and digits, duplicated tails. Each
-/// parser must return Ok or Err, never panic.
+/// Every cgroup file parser over mutated fixture files (see `support/mutate.rs`):
+/// Ok or Err, never a panic.
 #[test]
 fn cgroup_parsers_survive_mutated_files() {
     type Parser = fn(&str) -> bool;
@@ -349,14 +352,6 @@ fn cgroup_parsers_survive_mutated_files() {
             Some((name, std::fs::read_to_string(&path).ok()?))
         })
         .collect();
-    let mut state = 0x2545_F491_4F6C_DD1D_u64;
-    let mut random = move |bound: usize| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state % bound.max(1) as u64) as usize
-    };
-    const NASTY: &[u8] = b" :=\n\t-0123456789\xffmax.";
     let mut runs = 0;
     for (file, parse) in parsers {
         let originals: Vec<&String> = samples
@@ -366,28 +361,10 @@ fn cgroup_parsers_survive_mutated_files() {
             .collect();
         assert!(!originals.is_empty(), "no fixture named {file}");
         for original in originals {
-            for _ in 0..1000 {
-                let mut bytes = original.clone().into_bytes();
-                for _ in 0..=random(4) {
-                    match random(4) {
-                        0 if !bytes.is_empty() => {
-                            let at = random(bytes.len());
-                            bytes[at] = NASTY[random(NASTY.len())];
-                        }
-                        1 => bytes.truncate(random(bytes.len() + 1)),
-                        2 => {
-                            let at = random(bytes.len() + 1);
-                            bytes.insert(at, NASTY[random(NASTY.len())]);
-                        }
-                        _ => {
-                            let copy = bytes.clone();
-                            bytes.extend_from_slice(&copy[random(copy.len() + 1)..]);
-                        }
-                    }
-                }
-                parse(&String::from_utf8_lossy(&bytes));
+            mutations(original, 1000, 0x2545_F491_4F6C_DD1D, |text| {
+                parse(text);
                 runs += 1;
-            }
+            });
         }
     }
     assert!(runs >= 8000);

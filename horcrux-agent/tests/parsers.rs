@@ -2,7 +2,12 @@
 //! or unusual layouts (`variants/`), and broken files (`malformed/`), plus a
 //! mutation fuzz loop that feeds damaged captures to every parser.
 
+#[path = "support/mutate.rs"]
+mod mutate;
+
 use std::{fs, path::PathBuf};
+
+use mutate::mutations;
 
 use horcrux_agent::{
     collector::node::{NodeCollector, NodeSources},
@@ -214,42 +219,14 @@ fn collector_publishes_every_source_beside_an_unreachable_mount() {
     assert!(collector.health.errors_by_source.contains_key("statvfs"));
 }
 
-/// Deterministic mutation fuzzing: byte flips, truncations, inserted separators and
-/// digits, duplicated lines. Every parser must return Ok or Err, never panic.
+/// Mutated captures (see `support/mutate.rs`): every parser returns Ok or Err, never panics.
 #[test]
 fn parsers_survive_mutated_captures() {
-    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
-    let mut random = move |bound: usize| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state % bound.max(1) as u64) as usize
-    };
-    const NASTY: &[u8] = b" :\n\t-/\\0123456789\xff.";
     for (file, parse) in PARSERS {
         for tree in ["real", "variants"] {
-            let original = fixture(tree, file).into_bytes();
-            for _ in 0..2000 {
-                let mut bytes = original.clone();
-                for _ in 0..=random(4) {
-                    match random(4) {
-                        0 if !bytes.is_empty() => {
-                            let at = random(bytes.len());
-                            bytes[at] = NASTY[random(NASTY.len())];
-                        }
-                        1 => bytes.truncate(random(bytes.len() + 1)),
-                        2 => {
-                            let at = random(bytes.len() + 1);
-                            bytes.insert(at, NASTY[random(NASTY.len())]);
-                        }
-                        _ => {
-                            let copy = bytes.clone();
-                            bytes.extend_from_slice(&copy[random(copy.len() + 1)..]);
-                        }
-                    }
-                }
-                let _ = parse(&String::from_utf8_lossy(&bytes));
-            }
+            mutations(&fixture(tree, file), 2000, 0x9E37_79B9_7F4A_7C15, |text| {
+                let _ = parse(text);
+            });
         }
     }
 }
