@@ -29,6 +29,8 @@ pub fn own_netns_inode(proc_root: &Path) -> std::io::Result<u64> {
 pub struct RuntimeNames {
     proc_root: PathBuf,
     names: HashMap<String, String>,
+    /// Containers looked up without success: the next `/proc` scan waits for a new one.
+    unresolved: std::collections::HashSet<String>,
 }
 
 impl RuntimeNames {
@@ -36,6 +38,7 @@ impl RuntimeNames {
         Self {
             proc_root: proc_root.into(),
             names: HashMap::new(),
+            unresolved: std::collections::HashSet::new(),
         }
     }
 
@@ -44,13 +47,16 @@ impl RuntimeNames {
     pub fn refresh<'a>(&mut self, containers: impl Iterator<Item = (&'a str, Runtime)> + Clone) {
         self.names
             .retain(|id, _| containers.clone().any(|(live, _)| live == id));
+        self.unresolved
+            .retain(|id| containers.clone().any(|(live, _)| live == id));
         let unnamed: Vec<(&str, Runtime)> = containers
             .filter(|(id, runtime)| {
                 matches!(runtime, Runtime::Docker | Runtime::Podman)
                     && !self.names.contains_key(*id)
             })
             .collect();
-        if unnamed.is_empty() {
+        // Scan only when a container appeared that was not looked up before.
+        if unnamed.iter().all(|(id, _)| self.unresolved.contains(*id)) {
             return;
         }
         let (docker_roots, conmon_names) = self.scan_processes();
@@ -59,8 +65,14 @@ impl RuntimeNames {
                 Runtime::Docker => docker_roots.iter().find_map(|root| docker_name(root, id)),
                 _ => conmon_names.get(id).cloned(),
             };
-            if let Some(name) = name {
-                self.names.insert(id.to_owned(), name);
+            match name {
+                Some(name) => {
+                    self.unresolved.remove(id);
+                    self.names.insert(id.to_owned(), name);
+                }
+                None => {
+                    self.unresolved.insert(id.to_owned());
+                }
             }
         }
     }

@@ -96,14 +96,16 @@ pub struct ContainerCounters {
 /// 10 s interval): runtimes write them once, and they cost a file each per container.
 pub const LIMITS_REFRESH_CYCLES: u64 = 6;
 
-/// Settings rather than measurements: a container's limits and whether its v1 blkio
-/// cgroup has a throttle rule.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+/// Settings rather than measurements: a container's limits, whether its v1 blkio
+/// cgroup has a throttle rule, and which directory lists its processes.
+#[derive(Debug, Clone, Default, PartialEq)]
 struct Limits {
     cpu_cores: Option<f64>,
     memory: Option<u64>,
     pids: Option<u64>,
     blkio_rule: bool,
+    /// `None`: the cgroup was gone when the settings were read.
+    member_dir: Option<PathBuf>,
 }
 
 pub struct CgroupReader {
@@ -113,6 +115,9 @@ pub struct CgroupReader {
     cycle: u64,
     /// Per cgroup path: the cycle the limits were read in, and the limits.
     limits: HashMap<String, (u64, Limits)>,
+    /// Cgroup files kept open between cycles, with the cycle each was last read in.
+    open_files: HashMap<PathBuf, (std::fs::File, u64)>,
+    open_file_budget: usize,
 }
 
 impl CgroupReader {
@@ -123,6 +128,8 @@ impl CgroupReader {
             psi_enabled,
             cycle: 0,
             limits: HashMap::new(),
+            open_files: HashMap::new(),
+            open_file_budget: open_file_budget(),
         }
     }
 
@@ -131,6 +138,10 @@ impl CgroupReader {
         self.cycle += 1;
         let live: HashSet<&str> = live.collect();
         self.limits.retain(|path, _| live.contains(path.as_str()));
+        // Files not read last cycle belong to containers that are gone (or to limits,
+        // read every few cycles): close them.
+        let cycle = self.cycle;
+        self.open_files.retain(|_, (_, used)| *used + 1 >= cycle);
     }
 
     pub fn hierarchies(&self) -> &Hierarchies {
@@ -214,16 +225,17 @@ impl CgroupReader {
         relative_path: &str,
         search_children: bool,
     ) -> Option<ContainerCounters> {
-        let member_dir = self.member_dir(relative_path)?;
         let mut errors = Vec::new();
         let limits = self.cached_limits(relative_path, &mut errors);
+        // The member list is read first: a cgroup removed since discovery ends here.
+        let processes = self.processes(limits.member_dir.as_deref()?, search_children)?;
         Some(ContainerCounters {
             cpu: self.cpu(relative_path, &limits, &mut errors),
             memory: self.memory(relative_path, &limits, &mut errors),
             block_io: self.block_io(relative_path, &limits, &mut errors),
             pids: self.pids(relative_path, &limits, &mut errors),
             pressure: self.pressure(relative_path, &mut errors),
-            processes: self.processes(&member_dir, search_children),
+            processes,
             frozen: self.frozen(relative_path),
             errors,
         })
@@ -234,20 +246,23 @@ impl CgroupReader {
             Some((read_in, limits))
                 if self.cycle.saturating_sub(*read_in) < LIMITS_REFRESH_CYCLES =>
             {
-                *limits
+                limits.clone()
             }
             _ => {
                 let limits = self.read_limits(relative, errors);
                 self.limits
-                    .insert(relative.to_owned(), (self.cycle, limits));
+                    .insert(relative.to_owned(), (self.cycle, limits.clone()));
                 limits
             }
         }
     }
 
     fn read_limits(&mut self, relative: &str, errors: &mut Vec<SourceError>) -> Limits {
-        let mut limits = Limits::default();
-        let open = |root: &PathBuf| CgroupDir::open(root.join(relative)).ok();
+        let mut limits = Limits {
+            member_dir: self.member_dir(relative),
+            ..Limits::default()
+        };
+        let open = |root: &PathBuf| Some(CgroupDir::at(root.join(relative)));
         let unified = self.hierarchies.unified.as_ref().and_then(open);
         if self.cpu_from_unified() {
             if let Some(dir) = &unified {
@@ -256,8 +271,8 @@ impl CgroupReader {
                     .flatten();
             }
         } else if let Some(dir) = self.hierarchies.v1.get("cpu").and_then(open) {
-            let quota = self.optional(&dir, "cpu.cfs_quota_us", signed, errors);
-            let period = self.optional(&dir, "cpu.cfs_period_us", files::single, errors);
+            let quota = self.setting(&dir, "cpu.cfs_quota_us", signed, errors);
+            let period = self.setting(&dir, "cpu.cfs_period_us", files::single, errors);
             limits.cpu_cores = quota
                 .zip(period)
                 .and_then(|(quota, period)| files::cores(quota, period));
@@ -282,7 +297,7 @@ impl CgroupReader {
             } else {
                 "memory.limit_in_bytes"
             };
-            limits.memory = self.optional(&dir, name, files::limit, errors).flatten();
+            limits.memory = self.setting(&dir, name, files::limit, errors).flatten();
         }
         if let Some((dir, _)) = pids {
             limits.pids = self
@@ -294,7 +309,7 @@ impl CgroupReader {
                 .iter()
                 .any(|kind| {
                     let name = format!("blkio.throttle.{kind}_device");
-                    self.optional(&dir, &name, |text| Ok(!text.trim().is_empty()), errors)
+                    self.setting(&dir, &name, |text| Ok(!text.trim().is_empty()), errors)
                         == Some(true)
                 });
         }
@@ -327,7 +342,7 @@ impl CgroupReader {
             .map(|root| root.join(relative));
         match unified.filter(|dir| self.cpu_from_unified() && dir.is_dir()) {
             Some(path) => {
-                let dir = CgroupDir::open(path)?;
+                let dir = CgroupDir::at(path);
                 let stat = self.required(&dir, "cpu.stat", files::flat_keyed, errors)?;
                 let usec = |key: &str| stat.get(key).map(|value| value.saturating_mul(1000));
                 let usage_ns = usec("usage_usec").ok_or("cpu.stat has no usage_usec")?;
@@ -354,13 +369,13 @@ impl CgroupReader {
         limits: &Limits,
         errors: &mut Vec<SourceError>,
     ) -> Result<CpuCounters, String> {
-        let cpuacct = CgroupDir::open(
+        let cpuacct = CgroupDir::at(
             self.hierarchies
                 .v1
                 .get("cpuacct")
                 .ok_or("no cpuacct controller mounted")?
                 .join(relative),
-        )?;
+        );
         // cpuacct.usage is the scheduler's precise runtime; usage_all's user/system split
         // is tick-based cputime (their sum differs), so it only provides the split.
         let usage_ns = self.required(&cpuacct, "cpuacct.usage", files::single, errors)?;
@@ -372,11 +387,11 @@ impl CgroupReader {
         );
         let (user_ns, system_ns) = (split.map(|(user, _)| user), split.map(|(_, system)| system));
         let mut throttling = None;
-        if let Some(Ok(cpu)) = self
+        if let Some(cpu) = self
             .hierarchies
             .v1
             .get("cpu")
-            .map(|root| CgroupDir::open(root.join(relative)))
+            .map(|root| CgroupDir::at(root.join(relative)))
         {
             throttling = self
                 .optional(&cpu, "cpu.stat", files::flat_keyed, errors)
@@ -407,7 +422,7 @@ impl CgroupReader {
             .hierarchies
             .locate("memory", "memory")
             .ok_or("no memory controller")?;
-        let dir = CgroupDir::open(hierarchy.root().join(relative))?;
+        let dir = CgroupDir::at(hierarchy.root().join(relative));
         match hierarchy {
             Hierarchy::Unified(_) => {
                 let usage = self.required(&dir, "memory.current", files::single, errors)?;
@@ -475,7 +490,7 @@ impl CgroupReader {
         {
             return Err(V1_BLKIO_WITHOUT_RULE.into());
         }
-        let dir = CgroupDir::open(hierarchy.root().join(relative))?;
+        let dir = CgroupDir::at(hierarchy.root().join(relative));
         if let Hierarchy::Unified(_) = hierarchy {
             let devices = self.required(&dir, "io.stat", files::io_stat, errors)?;
             return Ok(BlockIoCounters {
@@ -528,13 +543,13 @@ impl CgroupReader {
         limits: &Limits,
         errors: &mut Vec<SourceError>,
     ) -> Result<PidsCounters, String> {
-        let dir = CgroupDir::open(
+        let dir = CgroupDir::at(
             self.hierarchies
                 .locate("pids", "pids")
                 .ok_or("no pids controller")?
                 .root()
                 .join(relative),
-        )?;
+        );
         Ok(PidsCounters {
             current: self.required(&dir, "pids.current", files::single, errors)?,
             limit: limits.pids,
@@ -554,7 +569,8 @@ impl CgroupReader {
             .unified
             .as_ref()
             .map(|root| root.join(relative))
-            .and_then(|path| CgroupDir::open(path).ok())
+            .filter(|path| path.is_dir())
+            .map(CgroupDir::at)
             .ok_or("PSI needs the container's cgroup2 directory")?;
         Ok(PressureCounters {
             cpu: self.optional(&dir, "cpu.pressure", files::pressure, errors),
@@ -565,20 +581,28 @@ impl CgroupReader {
 
     /// Members of the cgroup; with `search_children`, of its first non-empty
     /// descendant (LXC and nested systemd put processes in children), a few levels down.
-    fn processes(&mut self, dir: &std::path::Path, search_children: bool) -> Vec<u32> {
-        let mut pending = vec![(dir.to_path_buf(), 0)];
+    /// `None` when the cgroup itself is gone.
+    fn processes(&mut self, top: &std::path::Path, search_children: bool) -> Option<Vec<u32>> {
+        let mut pending = vec![(top.to_path_buf(), 0)];
         while let Some((dir, depth)) = pending.pop() {
             let members = self
-                .text
-                .read_path(&dir.join("cgroup.procs"), |text| {
+                .read_cached(dir.join("cgroup.procs"), |text| {
                     Ok(text
                         .lines()
                         .filter_map(|line| line.trim().parse().ok())
                         .collect::<Vec<u32>>())
                 })
-                .unwrap_or_default();
+                .or_else(|error| {
+                    // The directory itself gone (not just an unreadable list) means the cgroup is.
+                    if error.is_not_found() && depth == 0 && !top.is_dir() {
+                        Err(())
+                    } else {
+                        Ok(Vec::new())
+                    }
+                });
+            let Ok(members) = members else { return None };
             if !members.is_empty() {
-                return members;
+                return Some(members);
             }
             if search_children
                 && depth < 3
@@ -592,23 +616,21 @@ impl CgroupReader {
                 );
             }
         }
-        Vec::new()
+        Some(Vec::new())
     }
 
     fn frozen(&mut self, relative: &str) -> bool {
         if let Some(freezer) = self.hierarchies.v1.get("freezer") {
             let path = freezer.join(relative).join("freezer.state");
             return self
-                .text
-                .read_path(&path, |text| Ok(text.trim() == "FROZEN"))
+                .read_cached(path, |text| Ok(text.trim() == "FROZEN"))
                 .unwrap_or(false);
         }
         let Some(unified) = &self.hierarchies.unified else {
             return false;
         };
         let path = unified.join(relative).join("cgroup.events");
-        self.text
-            .read_path(&path, files::flat_keyed)
+        self.read_cached(path, files::flat_keyed)
             .is_ok_and(|events| events.get("frozen") == Some(&1))
     }
 
@@ -620,8 +642,7 @@ impl CgroupReader {
         parse: impl FnOnce(&str) -> Result<T, ParseError>,
         errors: &mut Vec<SourceError>,
     ) -> Result<T, String> {
-        self.text
-            .read_at(&dir.handle, &dir.path, name, parse)
+        self.read_cached(dir.path.join(name), parse)
             .map_err(|error| {
                 let message = error.to_string();
                 if !error.is_not_found() {
@@ -639,31 +660,94 @@ impl CgroupReader {
         parse: impl FnOnce(&str) -> Result<T, ParseError>,
         errors: &mut Vec<SourceError>,
     ) -> Option<T> {
-        match self.text.read_at(&dir.handle, &dir.path, name, parse) {
-            Ok(value) => Some(value),
-            Err(error) if error.is_not_found() => None,
-            Err(error) => {
-                errors.push(error);
-                None
+        let result = self.read_cached(dir.path.join(name), parse);
+        absent_or_recorded(result, errors)
+    }
+
+    /// Like [`Self::optional`] for settings, which are read every few cycles: not
+    /// worth keeping open.
+    fn setting<T>(
+        &mut self,
+        dir: &CgroupDir,
+        name: &str,
+        parse: impl FnOnce(&str) -> Result<T, ParseError>,
+        errors: &mut Vec<SourceError>,
+    ) -> Option<T> {
+        let result = self.text.read_path(&dir.path.join(name), parse);
+        absent_or_recorded(result, errors)
+    }
+
+    /// Reads a cgroup file through the open-file cache: a cached file is re-read in
+    /// place (one syscall); a new one is opened and kept while the budget allows; a
+    /// cached file that fails (its cgroup was removed) is dropped and opened afresh.
+    fn read_cached<T>(
+        &mut self,
+        path: PathBuf,
+        parse: impl FnOnce(&str) -> Result<T, ParseError>,
+    ) -> Result<T, SourceError> {
+        let reread = match self.open_files.get_mut(&path) {
+            Some((file, used)) => {
+                *used = self.cycle;
+                self.text.load(file).is_ok()
             }
+            None => false,
+        };
+        if !reread {
+            self.open_files.remove(&path);
+            let io_error = |source| SourceError::Io {
+                path: path.clone(),
+                source,
+            };
+            let file = std::fs::File::open(&path).map_err(io_error)?;
+            self.text.load(&file).map_err(io_error)?;
+            if self.open_files.len() < self.open_file_budget {
+                self.open_files.insert(path.clone(), (file, self.cycle));
+            }
+        }
+        self.text.parse_loaded(&path, parse)
+    }
+}
+
+/// A missing file is simply absent; any other failure is recorded.
+fn absent_or_recorded<T>(
+    result: Result<T, SourceError>,
+    errors: &mut Vec<SourceError>,
+) -> Option<T> {
+    match result {
+        Ok(value) => Some(value),
+        Err(error) if error.is_not_found() => None,
+        Err(error) => {
+            errors.push(error);
+            None
         }
     }
 }
 
-/// An open cgroup directory: its files are opened relative to it, so the kernel
-/// resolves one path component per file instead of the whole path.
+/// A cgroup directory whose files a family reads.
 struct CgroupDir {
     path: PathBuf,
-    handle: std::fs::File,
 }
 
 impl CgroupDir {
-    fn open(path: PathBuf) -> Result<Self, String> {
-        match std::fs::File::open(&path) {
-            Ok(handle) => Ok(Self { path, handle }),
-            Err(error) => Err(format!("opening {}: {error}", path.display())),
-        }
+    fn at(path: PathBuf) -> Self {
+        Self { path }
     }
+}
+
+/// How many cgroup files may stay open: the open-files limit (raised from its soft to
+/// its hard value, which needs no privilege) less a reserve for sockets and the rest.
+fn open_file_budget() -> usize {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    const RESERVE: u64 = 512;
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 0;
+    };
+    let limit = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    usize::try_from(limit.saturating_sub(RESERVE)).unwrap_or(usize::MAX)
 }
 
 /// v1 `cpu.cfs_quota_us` is signed (-1 = unlimited).

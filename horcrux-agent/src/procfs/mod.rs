@@ -65,6 +65,8 @@ pub struct TextReader {
     root: PathBuf,
     /// Always fully initialised (its length is its size), so reads need no zeroing.
     buffer: Vec<u8>,
+    /// How much of `buffer` the last [`TextReader::load`] filled.
+    loaded: usize,
 }
 
 impl TextReader {
@@ -72,6 +74,7 @@ impl TextReader {
         Self {
             root: root.into(),
             buffer: vec![0; 64 * 1024],
+            loaded: 0,
         }
     }
 
@@ -91,66 +94,55 @@ impl TextReader {
         path: &Path,
         parse: impl FnOnce(&str) -> Result<T, ParseError>,
     ) -> Result<T, SourceError> {
-        let file = std::fs::File::open(path);
-        self.read_file(file, || path.to_owned(), parse)
-    }
-
-    /// Reads `name` in the open directory `dir` (found at `dir_path`): one path
-    /// component to resolve instead of a whole path, for the many files of one cgroup.
-    pub fn read_at<T>(
-        &mut self,
-        dir: &std::fs::File,
-        dir_path: &Path,
-        name: &str,
-        parse: impl FnOnce(&str) -> Result<T, ParseError>,
-    ) -> Result<T, SourceError> {
-        use nix::{fcntl::OFlag, sys::stat::Mode};
-        let file = nix::fcntl::openat(dir, name, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
-            .map(std::fs::File::from)
-            .map_err(io::Error::from);
-        self.read_file(file, || dir_path.join(name), parse)
-    }
-
-    fn read_file<T>(
-        &mut self,
-        file: io::Result<std::fs::File>,
-        path: impl Fn() -> PathBuf,
-        parse: impl FnOnce(&str) -> Result<T, ParseError>,
-    ) -> Result<T, SourceError> {
-        let length = file
-            .and_then(|file| read_until_eof(file, &mut self.buffer))
-            .map_err(|source| SourceError::Io {
-                path: path(),
-                source,
-            })?;
-        let text =
-            std::str::from_utf8(&self.buffer[..length]).map_err(|error| SourceError::Parse {
-                path: path(),
-                source: ParseError::new(0, format!("not UTF-8: {error}")),
-            })?;
-        parse(text).map_err(|source| SourceError::Parse {
-            path: path(),
+        let io_error = |source| SourceError::Io {
+            path: path.to_owned(),
             source,
-        })
+        };
+        let file = std::fs::File::open(path).map_err(io_error)?;
+        self.load(&file).map_err(io_error)?;
+        self.parse_loaded(path, parse)
     }
-}
 
-/// Reads to end of file with plain `read` calls, growing `buffer` when full; returns
-/// the length read. (`Read::read_to_string` first asks for the file's size and
-/// position: two more syscalls per file, which pseudo-files answer with 0 anyway.)
-fn read_until_eof(mut file: std::fs::File, buffer: &mut Vec<u8>) -> io::Result<usize> {
-    use std::io::Read;
-    let mut length = 0;
-    loop {
-        if length == buffer.len() {
-            buffer.resize(buffer.len() * 2, 0);
+    /// Reads all of `file` from its start into the buffer. Reading a kernel
+    /// pseudo-file at offset 0 makes the kernel generate it afresh, so a file kept
+    /// open can be re-read with this, one syscall per read.
+    pub fn load(&mut self, file: &std::fs::File) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut length = 0;
+        loop {
+            if length == self.buffer.len() {
+                self.buffer.resize(self.buffer.len() * 2, 0);
+            }
+            match file.read_at(&mut self.buffer[length..], length as u64) {
+                Ok(0) => break,
+                Ok(count) => {
+                    length += count;
+                    // Pseudo-files fill the buffer while they have data: a short read is the end.
+                    if length < self.buffer.len() {
+                        break;
+                    }
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
         }
-        match file.read(&mut buffer[length..]) {
-            Ok(0) => return Ok(length),
-            Ok(count) => length += count,
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            Err(error) => return Err(error),
-        }
+        self.loaded = length;
+        Ok(())
+    }
+
+    /// Parses what [`Self::load`] read from `path`.
+    pub fn parse_loaded<T>(
+        &self,
+        path: &Path,
+        parse: impl FnOnce(&str) -> Result<T, ParseError>,
+    ) -> Result<T, SourceError> {
+        let parse_error = |source| SourceError::Parse {
+            path: path.to_owned(),
+            source,
+        };
+        let text = std::str::from_utf8(&self.buffer[..self.loaded])
+            .map_err(|error| parse_error(ParseError::new(0, format!("not UTF-8: {error}"))))?;
+        parse(text).map_err(parse_error)
     }
 }
 
