@@ -44,12 +44,13 @@ impl RuntimeNames {
 
     /// Looks up every container that has no name yet (one `/proc` scan at most), and
     /// forgets containers that are gone.
-    pub fn refresh<'a>(&mut self, containers: impl Iterator<Item = (&'a str, Runtime)> + Clone) {
-        self.names
-            .retain(|id, _| containers.clone().any(|(live, _)| live == id));
-        self.unresolved
-            .retain(|id| containers.clone().any(|(live, _)| live == id));
+    pub fn refresh<'a>(&mut self, containers: impl Iterator<Item = (&'a str, Runtime)>) {
+        let containers: Vec<(&str, Runtime)> = containers.collect();
+        let live: std::collections::HashSet<&str> = containers.iter().map(|(id, _)| *id).collect();
+        self.names.retain(|id, _| live.contains(id.as_str()));
+        self.unresolved.retain(|id| live.contains(id.as_str()));
         let unnamed: Vec<(&str, Runtime)> = containers
+            .into_iter()
             .filter(|(id, runtime)| {
                 matches!(runtime, Runtime::Docker | Runtime::Podman)
                     && !self.names.contains_key(*id)

@@ -1,8 +1,6 @@
 //! Parsers for the cgroup file formats (Documentation/admin-guide/cgroup-v2.rst
 //! "Interface Files", and the v1 controller documents). Pure functions over text.
 
-use std::collections::BTreeMap;
-
 use crate::procfs::{ParseError, parse_u64};
 
 /// v1 reports "no limit" as a huge page-aligned number (LONG_MAX rounded down to a page).
@@ -21,14 +19,17 @@ pub fn limit(text: &str) -> Result<Option<u64>, ParseError> {
     }
 }
 
-/// "key value" lines (`cpu.stat`, `memory.stat`, `memory.events`, `cpuacct.stat`).
-/// Unknown keys are kept; a line without a numeric value is an error.
-pub fn flat_keyed(text: &str) -> Result<BTreeMap<String, u64>, ParseError> {
-    let mut values = BTreeMap::new();
+/// The values of `keys` in a "key value" file (`cpu.stat`, `memory.stat`,
+/// `memory.events`, `cgroup.events`, …), without allocating. Keys not asked for are
+/// skipped; an asked-for key whose value is not a number is an error.
+pub fn pick<const N: usize>(text: &str, keys: [&str; N]) -> Result<[Option<u64>; N], ParseError> {
+    let mut values = [None; N];
     for (index, line) in text.lines().enumerate() {
-        let mut fields = line.split_whitespace();
+        let mut fields = line.split_ascii_whitespace();
         let Some(key) = fields.next() else { continue };
-        values.insert(key.to_owned(), parse_u64(fields.next(), index + 1, key)?);
+        if let Some(slot) = keys.iter().position(|wanted| *wanted == key) {
+            values[slot] = Some(parse_u64(fields.next(), index + 1, key)?);
+        }
     }
     Ok(values)
 }
@@ -305,9 +306,16 @@ mod tests {
     }
 
     #[test]
-    fn flat_keyed_files() {
-        let stat = flat_keyed("usage_usec 10\nuser_usec 7\n\nsystem_usec 3\n").expect("parses");
-        assert_eq!(stat.get("user_usec"), Some(&7));
-        assert!(flat_keyed("usage_usec ten\n").is_err());
+    fn picks_keys() {
+        let text = "usage_usec 10\nuser_usec 7\n\nsystem_usec 3\nodd line here\n";
+        assert_eq!(
+            pick(text, ["user_usec", "system_usec", "absent"]),
+            Ok([Some(7), Some(3), None])
+        );
+        assert!(pick("usage_usec ten\n", ["usage_usec"]).is_err());
+        assert!(
+            pick("usage_usec ten\n", ["other"]).is_ok(),
+            "lines not asked for are not examined"
+        );
     }
 }

@@ -100,7 +100,7 @@ impl TextReader {
         };
         let file = std::fs::File::open(path).map_err(io_error)?;
         self.load(&file).map_err(io_error)?;
-        self.parse_loaded(path, parse)
+        self.parse_loaded(|| path.to_owned(), parse)
     }
 
     /// Reads all of `file` from its start into the buffer. Reading a kernel
@@ -130,14 +130,14 @@ impl TextReader {
         Ok(())
     }
 
-    /// Parses what [`Self::load`] read from `path`.
+    /// Parses what [`Self::load`] read; `path` names the file in errors.
     pub fn parse_loaded<T>(
         &self,
-        path: &Path,
+        path: impl Fn() -> PathBuf,
         parse: impl FnOnce(&str) -> Result<T, ParseError>,
     ) -> Result<T, SourceError> {
         let parse_error = |source| SourceError::Parse {
-            path: path.to_owned(),
+            path: path(),
             source,
         };
         let text = std::str::from_utf8(&self.buffer[..self.loaded])
