@@ -179,7 +179,7 @@ impl CgroupReader {
             }
             keep
         });
-        self.open_file_count -= closed;
+        self.open_file_count = self.open_file_count.saturating_sub(closed);
     }
 
     pub fn hierarchies(&self) -> &Hierarchies {
@@ -272,7 +272,7 @@ impl CgroupReader {
         let mut files = std::mem::take(&mut self.current);
         if counters.is_none() {
             // Gone: close its files.
-            self.open_file_count -= files.files.len();
+            self.open_file_count = self.open_file_count.saturating_sub(files.files.len());
             self.open_files.remove(relative_path);
             return None;
         }
@@ -803,7 +803,7 @@ impl CgroupReader {
         let reread = index.is_some_and(|index| self.text.load(&open[index].2).is_ok());
         if let (Some(index), false) = (index, reread) {
             open.swap_remove(index);
-            self.open_file_count -= 1;
+            self.open_file_count = self.open_file_count.saturating_sub(1);
         }
         if !reread {
             let io_error = |source| SourceError::Io {
