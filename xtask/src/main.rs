@@ -44,9 +44,11 @@ fn main() -> ExitCode {
     let rest: Vec<String> = args.collect();
     let outcome = match task.as_str() {
         "setup" => setup(),
-        "build-ebpf" => setup().and_then(|()| build_ebpf()),
-        "build" => setup().and_then(|()| cargo(&["build", "--release", "-p", "horcrux-agent"])),
-        "run" => setup().and_then(|()| run(&rest)),
+        "build-ebpf" => ensure_toolchain().and_then(|()| build_ebpf()),
+        "build" => {
+            ensure_toolchain().and_then(|()| cargo(&["build", "--release", "-p", "horcrux-agent"]))
+        }
+        "run" => ensure_toolchain().and_then(|()| run(&rest)),
         "test" => setup().and_then(|()| test(&rest)),
         "bench" => setup().and_then(|()| cargo(&["bench", "-p", "horcrux-agent"])),
         _ => Err(usage()),
@@ -62,7 +64,7 @@ fn main() -> ExitCode {
 
 fn usage() -> String {
     "usage: cargo xtask <task>\n\
-     \x20 setup        install rust-src (nightly), bpf-linker and test packages (idempotent)\n\
+     \x20 setup        install rust-src (nightly), bpf-linker and the test packages (idempotent)\n\
      \x20 build-ebpf   build the eBPF programs\n\
      \x20 build        build the agent (release), eBPF programs embedded\n\
      \x20 run [-- ARGS] build and run the agent as root (via sudo when not root)\n\
@@ -122,10 +124,16 @@ fn nightly(tool: &str) -> Command {
     command
 }
 
+/// Everything the tests need: the eBPF toolchain and the Debian packages.
 fn setup() -> Result {
-    ensure_nightly()?;
-    ensure_bpf_linker()?;
+    ensure_toolchain()?;
     ensure_packages()
+}
+
+/// What building the agent with its eBPF programs needs.
+fn ensure_toolchain() -> Result {
+    ensure_nightly()?;
+    ensure_bpf_linker()
 }
 
 fn ensure_nightly() -> Result {
