@@ -34,7 +34,7 @@ use node::{NodeCollector, NodeSources};
 pub struct NodeSnapshot {
     pub node: NodeMetrics,
     /// `node` serialized once here rather than on every request.
-    pub node_json: Utf8Bytes,
+    pub node_json: bytes::Bytes,
     /// The spec's `NodeMetrics` WebSocket message for `node`.
     pub node_message: Utf8Bytes,
     pub health: CollectorHealth,
@@ -137,7 +137,7 @@ pub fn spawn_node(
                 let alerts = outputs.record(true, &[target], timestamp);
                 let node_message = to_json(&NodeMetricsMessage::from(&node));
                 let snapshot = NodeSnapshot {
-                    node_json: to_json(&node),
+                    node_json: json_text(&node).into(),
                     node_message: node_message.clone(),
                     node,
                     health: collector.health.clone(),
@@ -249,14 +249,15 @@ fn release_freed_heap() {
 
 /// Serialization cannot fail for the model's types (string keys; serde_json writes
 /// non-finite floats as `null`), but a failure would be logged, not a panic.
+fn json_text(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).unwrap_or_else(|error| {
+        tracing::error!("serializing a snapshot failed: {error}");
+        "null".into()
+    })
+}
+
 fn to_json(value: &impl serde::Serialize) -> Utf8Bytes {
-    match serde_json::to_string(value) {
-        Ok(text) => text.into(),
-        Err(error) => {
-            tracing::error!("serializing a snapshot failed: {error}");
-            "null".into()
-        }
-    }
+    json_text(value).into()
 }
 
 pub fn unix_seconds() -> u64 {

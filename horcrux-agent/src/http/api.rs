@@ -19,7 +19,7 @@ pub async fn node_metrics(State(state): State<Arc<AppState>>) -> Response {
     match latest {
         Some(snapshot) => (
             [(header::CONTENT_TYPE, "application/json")],
-            snapshot.node_json.as_str().to_owned(),
+            snapshot.node_json.clone(),
         )
             .into_response(),
         None => ApiError::no_sample_yet().into_response(),
@@ -45,7 +45,7 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Json<serde_json::Valu
     });
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
-        "hostname": collector::hostname(),
+        "hostname": latest.as_ref().map_or_else(collector::hostname, |snapshot| snapshot.node.hostname.clone()),
         "uptime_seconds": state.started.elapsed().as_secs(),
         "timestamp": collector::unix_seconds(),
         "cgroup_mode": hierarchies.mode(),
