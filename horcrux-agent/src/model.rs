@@ -9,7 +9,8 @@ use serde::Serialize;
 use crate::{
     cgroup::{
         discovery::{Pod, Runtime},
-        files::{DeviceIo, Pressure},
+        files::DeviceIo,
+        stats::PressureCounters,
     },
     procfs::netdev::NetDevStat,
 };
@@ -337,7 +338,7 @@ pub struct ContainerMetrics {
     pub block_io: Option<ContainerBlockIo>,
     pub pids: Option<ContainerPids>,
     pub network: Option<ContainerNetwork>,
-    pub pressure: Option<ContainerPressure>,
+    pub pressure: Option<PressureCounters>,
     /// Why a family above is `null` (e.g. `"block_io": "cgroup v1 blkio counts …"`).
     pub unavailable: BTreeMap<&'static str, String>,
 }
@@ -461,13 +462,6 @@ pub struct ContainerNetwork {
     pub tx_bytes_per_second: Option<f64>,
     /// Every interface in the namespace, `lo` included.
     pub interfaces: Vec<NetworkMetrics>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ContainerPressure {
-    pub cpu: Option<Pressure>,
-    pub memory: Option<Pressure>,
-    pub io: Option<Pressure>,
 }
 
 /// The spec's `VmMetrics` WebSocket message, for a container.

@@ -70,7 +70,7 @@ pub struct PidsCounters {
     pub limit: Option<u64>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct PressureCounters {
     pub cpu: Option<files::Pressure>,
     pub memory: Option<files::Pressure>,

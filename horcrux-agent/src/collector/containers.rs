@@ -16,8 +16,8 @@ use crate::{
     collector::health::CollectorHealth,
     model::{
         BlockIoTotals, ContainerBlockIo, ContainerCpu, ContainerDeviceIo, ContainerMemory,
-        ContainerMetrics, ContainerNetwork, ContainerPids, ContainerPressure, ContainerState,
-        ContainerThrottling, NetworkMetrics, NetworkTotals, VmStatusChangedMessage,
+        ContainerMetrics, ContainerNetwork, ContainerPids, ContainerState, ContainerThrottling,
+        NetworkMetrics, NetworkTotals, VmStatusChangedMessage,
     },
     process::{self, RuntimeNames},
     procfs::{TextReader, diskstats, netdev},
@@ -203,13 +203,7 @@ impl ContainerCollector {
             limit: pids.limit,
         });
         let network = available(&mut unavailable, "network", network);
-        let pressure = available(&mut unavailable, "pressure", counters.pressure).map(|pressure| {
-            ContainerPressure {
-                cpu: pressure.cpu,
-                memory: pressure.memory,
-                io: pressure.io,
-            }
-        });
+        let pressure = available(&mut unavailable, "pressure", counters.pressure);
         let state = match (counters.frozen, counters.processes.is_empty()) {
             (true, _) => ContainerState::Paused,
             (false, true) => ContainerState::Empty,
