@@ -92,14 +92,15 @@ pub struct ContainerCounters {
     pub errors: Vec<SourceError>,
 }
 
-/// Re-read limits and throttle rules every this many cycles (1 min at the default
-/// 10 s interval): runtimes write them once, and they cost a file each per container.
-pub const LIMITS_REFRESH_CYCLES: u64 = 6;
+/// Re-read settings (limits, throttle rules, member directory) every this many cycles
+/// (1 min at the default 10 s interval): runtimes write them once, and each costs a
+/// file per container.
+pub const SETTINGS_REFRESH_CYCLES: u64 = 6;
 
 /// Settings rather than measurements: a container's limits, whether its v1 blkio
 /// cgroup has a throttle rule, and which directory lists its processes.
 #[derive(Debug, Clone, Default, PartialEq)]
-struct Limits {
+struct Settings {
     cpu_cores: Option<f64>,
     memory: Option<u64>,
     pids: Option<u64>,
@@ -113,8 +114,8 @@ pub struct CgroupReader {
     text: TextReader,
     psi_enabled: bool,
     cycle: u64,
-    /// Per cgroup path: the cycle the limits were read in, and the limits.
-    limits: HashMap<String, (u64, Limits)>,
+    /// Per cgroup path: the cycle its settings were read in, and the settings.
+    settings: HashMap<String, (u64, Settings)>,
     /// Per container (cgroup path): its files kept open between cycles.
     open_files: HashMap<String, OpenFiles>,
     /// The open files of the container being read.
@@ -156,7 +157,7 @@ impl CgroupReader {
             text: TextReader::new("/"),
             psi_enabled,
             cycle: 0,
-            limits: HashMap::new(),
+            settings: HashMap::new(),
             open_files: HashMap::new(),
             current: OpenFiles::default(),
             open_file_count: 0,
@@ -164,11 +165,11 @@ impl CgroupReader {
         }
     }
 
-    /// Starts a cycle over the cgroups in `live`; cached limits of others are dropped.
+    /// Starts a cycle over the cgroups in `live`; cached settings of others are dropped.
     pub fn begin_cycle<'a>(&mut self, live: impl Iterator<Item = &'a str>) {
         self.cycle += 1;
         let live: HashSet<&str> = live.collect();
-        self.limits.retain(|path, _| live.contains(path.as_str()));
+        self.settings.retain(|path, _| live.contains(path.as_str()));
         // Files not read last cycle belong to containers that are gone: close them.
         let cycle = self.cycle;
         let mut closed = 0;
@@ -292,14 +293,14 @@ impl CgroupReader {
         search_children: bool,
     ) -> Option<ContainerCounters> {
         let mut errors = Vec::new();
-        let limits = self.cached_limits(relative_path, &mut errors);
+        let settings = self.cached_settings(relative_path, &mut errors);
         // The member list is read first: a cgroup removed since discovery ends here.
-        let processes = self.processes(limits.member_dir.as_deref()?, search_children)?;
+        let processes = self.processes(settings.member_dir.as_deref()?, search_children)?;
         Some(ContainerCounters {
-            cpu: self.cpu(relative_path, &limits, &mut errors),
-            memory: self.memory(relative_path, &limits, &mut errors),
-            block_io: self.block_io(relative_path, &limits, &mut errors),
-            pids: self.pids(relative_path, &limits, &mut errors),
+            cpu: self.cpu(relative_path, &settings, &mut errors),
+            memory: self.memory(relative_path, &settings, &mut errors),
+            block_io: self.block_io(relative_path, &settings, &mut errors),
+            pids: self.pids(relative_path, &settings, &mut errors),
             pressure: self.pressure(relative_path, &mut errors),
             processes,
             frozen: self.frozen(relative_path),
@@ -307,39 +308,39 @@ impl CgroupReader {
         })
     }
 
-    fn cached_limits(&mut self, relative: &str, errors: &mut Vec<SourceError>) -> Limits {
-        match self.limits.get(relative) {
-            Some((read_in, limits))
-                if self.cycle.saturating_sub(*read_in) < LIMITS_REFRESH_CYCLES =>
+    fn cached_settings(&mut self, relative: &str, errors: &mut Vec<SourceError>) -> Settings {
+        match self.settings.get(relative) {
+            Some((read_in, settings))
+                if self.cycle.saturating_sub(*read_in) < SETTINGS_REFRESH_CYCLES =>
             {
-                limits.clone()
+                settings.clone()
             }
             _ => {
-                let limits = self.read_limits(relative, errors);
-                self.limits
-                    .insert(relative.to_owned(), (self.cycle, limits.clone()));
-                limits
+                let settings = self.read_settings(relative, errors);
+                self.settings
+                    .insert(relative.to_owned(), (self.cycle, settings.clone()));
+                settings
             }
         }
     }
 
-    fn read_limits(&mut self, relative: &str, errors: &mut Vec<SourceError>) -> Limits {
-        let mut limits = Limits {
+    fn read_settings(&mut self, relative: &str, errors: &mut Vec<SourceError>) -> Settings {
+        let mut settings = Settings {
             member_dir: self.member_dir(relative),
-            ..Limits::default()
+            ..Settings::default()
         };
         let open = |root: &PathBuf| Some(CgroupDir::at(root.join(relative), Slot::Settings));
         let unified = self.hierarchies.unified.as_ref().and_then(open);
         if self.cpu_from_unified() {
             if let Some(dir) = &unified {
-                limits.cpu_cores = self
+                settings.cpu_cores = self
                     .setting(dir, "cpu.max", files::cpu_max, errors)
                     .flatten();
             }
         } else if let Some(dir) = self.hierarchies.v1.get("cpu").and_then(open) {
             let quota = self.setting(&dir, "cpu.cfs_quota_us", signed, errors);
             let period = self.setting(&dir, "cpu.cfs_period_us", files::single, errors);
-            limits.cpu_cores = quota
+            settings.cpu_cores = quota
                 .zip(period)
                 .and_then(|(quota, period)| files::cores(quota, period));
         }
@@ -363,15 +364,15 @@ impl CgroupReader {
             } else {
                 "memory.limit_in_bytes"
             };
-            limits.memory = self.setting(&dir, name, files::limit, errors).flatten();
+            settings.memory = self.setting(&dir, name, files::limit, errors).flatten();
         }
         if let Some((dir, _)) = pids {
-            limits.pids = self
+            settings.pids = self
                 .setting(&dir, "pids.max", files::limit, errors)
                 .flatten();
         }
         if let Some((dir, false)) = blkio {
-            limits.blkio_rule = ["read_bps", "write_bps", "read_iops", "write_iops"]
+            settings.blkio_rule = ["read_bps", "write_bps", "read_iops", "write_iops"]
                 .iter()
                 .any(|kind| {
                     let name = format!("blkio.throttle.{kind}_device");
@@ -379,7 +380,7 @@ impl CgroupReader {
                         == Some(true)
                 });
         }
-        limits
+        settings
     }
 
     /// The container's directory in the hierarchy that lists its processes
@@ -398,15 +399,17 @@ impl CgroupReader {
     fn cpu(
         &mut self,
         relative: &str,
-        limits: &Limits,
+        settings: &Settings,
         errors: &mut Vec<SourceError>,
     ) -> Result<CpuCounters, String> {
+        // No existence check: a missing directory shows as a missing cpu.stat.
         let unified = self
             .hierarchies
             .unified
-            .clone()
+            .as_ref()
+            .filter(|_| self.cpu_from_unified())
             .map(|root| root.join(relative));
-        match unified.filter(|dir| self.cpu_from_unified() && dir.is_dir()) {
+        match unified {
             Some(path) => {
                 let dir = CgroupDir::at(path, Slot::Cpu);
                 let keys = [
@@ -432,17 +435,17 @@ impl CgroupReader {
                     user_ns: ns(user),
                     system_ns: ns(system),
                     throttling,
-                    limit_cores: limits.cpu_cores,
+                    limit_cores: settings.cpu_cores,
                 })
             }
-            None => self.cpu_v1(relative, limits, errors),
+            None => self.cpu_v1(relative, settings, errors),
         }
     }
 
     fn cpu_v1(
         &mut self,
         relative: &str,
-        limits: &Limits,
+        settings: &Settings,
         errors: &mut Vec<SourceError>,
     ) -> Result<CpuCounters, String> {
         let cpuacct = CgroupDir::at(
@@ -488,14 +491,14 @@ impl CgroupReader {
             user_ns,
             system_ns,
             throttling,
-            limit_cores: limits.cpu_cores,
+            limit_cores: settings.cpu_cores,
         })
     }
 
     fn memory(
         &mut self,
         relative: &str,
-        limits: &Limits,
+        settings: &Settings,
         errors: &mut Vec<SourceError>,
     ) -> Result<MemoryCounters, String> {
         let hierarchy = self
@@ -522,7 +525,7 @@ impl CgroupReader {
                     .unwrap_or_default();
                 Ok(MemoryCounters {
                     usage,
-                    limit: limits.memory,
+                    limit: settings.memory,
                     anon: anon.unwrap_or(0),
                     file: file.unwrap_or(0),
                     active_file: active_file.unwrap_or(0),
@@ -554,7 +557,7 @@ impl CgroupReader {
                     .unwrap_or_default();
                 Ok(MemoryCounters {
                     usage,
-                    limit: limits.memory,
+                    limit: settings.memory,
                     anon: rss.unwrap_or(0) + shmem.unwrap_or(0),
                     file: cache.unwrap_or(0),
                     active_file: active_file.unwrap_or(0),
@@ -579,7 +582,7 @@ impl CgroupReader {
     fn block_io(
         &mut self,
         relative: &str,
-        limits: &Limits,
+        settings: &Settings,
         errors: &mut Vec<SourceError>,
     ) -> Result<BlockIoCounters, String> {
         let hierarchy = self
@@ -587,7 +590,7 @@ impl CgroupReader {
             .locate("io", "blkio")
             .ok_or("no io/blkio controller")?;
         if let Hierarchy::V1(_) = hierarchy
-            && !limits.blkio_rule
+            && !settings.blkio_rule
         {
             return Err(V1_BLKIO_WITHOUT_RULE.into());
         }
@@ -641,7 +644,7 @@ impl CgroupReader {
     fn pids(
         &mut self,
         relative: &str,
-        limits: &Limits,
+        settings: &Settings,
         errors: &mut Vec<SourceError>,
     ) -> Result<PidsCounters, String> {
         let dir = CgroupDir::at(
@@ -654,7 +657,7 @@ impl CgroupReader {
         );
         Ok(PidsCounters {
             current: self.required(&dir, "pids.current", files::single, errors)?,
-            limit: limits.pids,
+            limit: settings.pids,
         })
     }
 
@@ -666,19 +669,21 @@ impl CgroupReader {
         if !self.psi_enabled {
             return Err("PSI is disabled in this kernel (boot with psi=1)".into());
         }
-        let dir = self
+        let root = self
             .hierarchies
             .unified
             .as_ref()
-            .map(|root| root.join(relative))
-            .filter(|path| path.is_dir())
-            .map(|path| CgroupDir::at(path, Slot::Pressure))
-            .ok_or("PSI needs the container's cgroup2 directory")?;
-        Ok(PressureCounters {
+            .ok_or("PSI needs cgroup2")?;
+        let dir = CgroupDir::at(root.join(relative), Slot::Pressure);
+        let pressure = PressureCounters {
             cpu: self.optional(&dir, "cpu.pressure", files::pressure, errors),
             memory: self.optional(&dir, "memory.pressure", files::pressure, errors),
             io: self.optional(&dir, "io.pressure", files::pressure, errors),
-        })
+        };
+        if pressure == PressureCounters::default() {
+            return Err("no PSI files in the container's cgroup2 directory".into());
+        }
+        Ok(pressure)
     }
 
     /// Members of the cgroup; with `search_children`, of its first non-empty
