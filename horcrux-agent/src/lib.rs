@@ -71,6 +71,7 @@ pub async fn run(config: Config) -> std::io::Result<()> {
     collector::spawn_node(
         config.node_metrics_interval,
         NodeSources::default(),
+        hierarchies.clone(),
         node_outputs,
     )?;
     collector::spawn_containers(

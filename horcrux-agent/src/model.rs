@@ -2,8 +2,12 @@
 //! `GET /api/monitoring/node/metrics`; the first seven fields are the spec's contract,
 //! the rest is detail; containers follow the same pattern. `null` means "not measured" (first sample, source failed).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
+use horcrux_common::{
+    BLOCK_OP_DISCARD, BLOCK_OP_FLUSH, BLOCK_OP_READ, BLOCK_OP_WRITE, LATENCY_BUCKETS,
+    LatencyHistogram, SchedCounters, slot_bound_micros,
+};
 use serde::Serialize;
 
 use crate::{
@@ -12,6 +16,7 @@ use crate::{
         files::DeviceIo,
         stats::PressureCounters,
     },
+    ebpf::counters::DeviceOpCounters,
     procfs::netdev::NetDevStat,
 };
 
@@ -36,6 +41,8 @@ pub struct NodeMetrics {
     pub disks: Option<Vec<DiskMetrics>>,
     pub network: Option<Vec<NetworkMetrics>>,
     pub filesystems: Option<Vec<FilesystemMetrics>>,
+    /// Node totals of the eBPF programs (`null` when none is attached).
+    pub ebpf: Option<EbpfMetrics>,
 }
 
 impl NodeMetrics {
@@ -339,6 +346,8 @@ pub struct ContainerMetrics {
     pub pids: Option<ContainerPids>,
     pub network: Option<ContainerNetwork>,
     pub pressure: Option<PressureCounters>,
+    /// The container's cgroups' eBPF counters (`null` when no program is attached).
+    pub ebpf: Option<EbpfMetrics>,
     /// Why a family above is `null` (e.g. `"block_io": "cgroup v1 blkio counts …"`).
     pub unavailable: BTreeMap<&'static str, String>,
 }
@@ -480,6 +489,9 @@ pub struct VmMetricsMessage<'a> {
     pub disk_write: Option<u64>,
     pub network_rx: Option<u64>,
     pub network_tx: Option<u64>,
+    /// eBPF headline figures over the last interval (`null` without eBPF or samples).
+    pub runq_latency_p99_us: Option<u64>,
+    pub block_latency_p99_us: Option<u64>,
     pub timestamp: u64,
 }
 
@@ -492,6 +504,7 @@ impl<'a> VmMetricsMessage<'a> {
                 .filter(|total| *total > 0)?;
             Some(usage as f64 * 100.0 / total as f64)
         });
+        let ebpf = container.ebpf.as_ref();
         Self {
             kind: "VmMetrics",
             vm_id: &container.id,
@@ -504,6 +517,12 @@ impl<'a> VmMetricsMessage<'a> {
             disk_write: container.block_write_bytes,
             network_rx: container.network_rx_bytes,
             network_tx: container.network_tx_bytes,
+            runq_latency_p99_us: ebpf
+                .and_then(|ebpf| ebpf.sched.as_ref())
+                .and_then(|sched| sched.runq_latency_p99_us),
+            block_latency_p99_us: ebpf
+                .and_then(|ebpf| ebpf.blkio.as_ref())
+                .and_then(|blkio| blkio.latency_p99_us),
             timestamp: container.timestamp,
         }
     }
@@ -521,4 +540,239 @@ pub struct VmStatusChangedMessage {
     pub old_status: Option<ContainerState>,
     pub new_status: Option<ContainerState>,
     pub timestamp: u64,
+}
+
+/// A latency histogram as JSON: cumulative buckets with Prometheus `le` semantics
+/// (an observation equal to a bound is counted in that bucket). Bounds are powers of
+/// two microseconds; observations above the last bound are in `count` only (+Inf).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Histogram {
+    pub unit: &'static str,
+    pub count: u64,
+    /// Sum of the observations, in `unit`.
+    pub sum: f64,
+    pub buckets: Vec<HistogramBucket>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct HistogramBucket {
+    pub le: u64,
+    pub count: u64,
+}
+
+impl From<&LatencyHistogram> for Histogram {
+    fn from(histogram: &LatencyHistogram) -> Self {
+        let mut cumulative = 0u64;
+        let buckets = histogram
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, count)| {
+                cumulative = cumulative.wrapping_add(*count);
+                slot_bound_micros(slot).map(|le| HistogramBucket {
+                    le,
+                    count: cumulative,
+                })
+            })
+            .collect();
+        Self {
+            unit: "us",
+            count: histogram.count(),
+            sum: histogram.sum_ns as f64 / 1000.0,
+            buckets,
+        }
+    }
+}
+
+/// The `ebpf` object of node and container metrics; a family is `null` when its
+/// programs are not attached. Counters start when the programs were attached.
+#[derive(Debug, Clone, Serialize)]
+pub struct EbpfMetrics {
+    /// Unix seconds when the programs were attached.
+    pub since: u64,
+    pub sched: Option<SchedMetrics>,
+    pub blkio: Option<BlkioMetrics>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SchedMetrics {
+    /// Runnable (woken or preempted) → running, charged to the task switched in.
+    pub runq_latency: Histogram,
+    /// 99th percentile over the last collection interval (the bucket bound it falls
+    /// in), `null` without samples in that interval.
+    pub runq_latency_p99_us: Option<u64>,
+    pub voluntary_switches: u64,
+    pub involuntary_switches: u64,
+    pub oncpu_ns: u64,
+}
+
+/// Block I/O counted by request: ops and latency of completed requests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct BlkioTotals {
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub discard_bytes: u64,
+    pub read_ops: u64,
+    pub write_ops: u64,
+    pub discard_ops: u64,
+    pub flush_ops: u64,
+    /// Write-zeroes, secure erase, zone and driver-private requests.
+    pub other_ops: u64,
+    pub in_flight: u64,
+}
+
+impl BlkioTotals {
+    fn add(&mut self, entry: &DeviceOpCounters) {
+        let counters = &entry.counters;
+        let ops = counters.latency.count();
+        let (bytes, op_count) = match entry.op {
+            BLOCK_OP_READ => (&mut self.read_bytes, &mut self.read_ops),
+            BLOCK_OP_WRITE => (&mut self.write_bytes, &mut self.write_ops),
+            BLOCK_OP_DISCARD => (&mut self.discard_bytes, &mut self.discard_ops),
+            BLOCK_OP_FLUSH => (&mut 0, &mut self.flush_ops),
+            _ => (&mut 0, &mut self.other_ops),
+        };
+        *bytes += counters.bytes;
+        *op_count += ops;
+        self.in_flight += counters.in_flight();
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BlkioMetrics {
+    #[serde(flatten)]
+    pub totals: BlkioTotals,
+    /// Issue → completion, all operations.
+    pub latency: Histogram,
+    /// 99th percentile over the last collection interval, as for run-queue latency.
+    pub latency_p99_us: Option<u64>,
+    pub devices: Vec<BlkioDevice>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BlkioDevice {
+    /// Kernel name from `/proc/diskstats`, `null` if unknown.
+    pub device: Option<String>,
+    pub major: u32,
+    pub minor: u32,
+    #[serde(flatten)]
+    pub totals: BlkioTotals,
+    pub latency: Histogram,
+}
+
+impl BlkioMetrics {
+    /// From one cgroup's (or the node's) counters per device and operation.
+    pub fn new(
+        entries: &[DeviceOpCounters],
+        device_names: &HashMap<(u32, u32), String>,
+        latency_p99_us: Option<u64>,
+    ) -> Self {
+        let mut devices: BTreeMap<u32, (BlkioTotals, LatencyHistogram)> = BTreeMap::new();
+        for entry in entries {
+            let (totals, latency) = devices
+                .entry(entry.device)
+                .or_insert((BlkioTotals::default(), LatencyHistogram::ZERO));
+            totals.add(entry);
+            latency.add(&entry.counters.latency);
+        }
+        let (mut totals, mut latency) = (BlkioTotals::default(), LatencyHistogram::ZERO);
+        for entry in entries {
+            totals.add(entry);
+            latency.add(&entry.counters.latency);
+        }
+        Self {
+            totals,
+            latency: Histogram::from(&latency),
+            latency_p99_us,
+            devices: devices
+                .into_iter()
+                .map(|(device, (totals, latency))| {
+                    let (major, minor) = (device >> 20, device & ((1 << 20) - 1));
+                    BlkioDevice {
+                        device: device_names.get(&(major, minor)).cloned(),
+                        major,
+                        minor,
+                        totals,
+                        latency: Histogram::from(&latency),
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The latency histogram of a counter set summed over devices and operations.
+pub fn block_latency(entries: &[DeviceOpCounters]) -> LatencyHistogram {
+    let mut latency = LatencyHistogram::ZERO;
+    entries
+        .iter()
+        .for_each(|entry| latency.add(&entry.counters.latency));
+    latency
+}
+
+/// The 99th percentile of the observations a cumulative histogram gained since the
+/// previous call, as the upper bound of the bucket it falls in (`None` without new
+/// observations or when it is beyond the last finite bound).
+#[derive(Debug, Clone, Default)]
+pub struct IntervalP99 {
+    previous: Option<[u64; LATENCY_BUCKETS]>,
+}
+
+impl IntervalP99 {
+    pub fn observe(&mut self, histogram: &LatencyHistogram) -> Option<u64> {
+        let previous = self.previous.replace(histogram.slots)?;
+        let delta: Vec<u64> = histogram
+            .slots
+            .iter()
+            .zip(previous)
+            .map(|(now, before)| now.saturating_sub(before))
+            .collect();
+        let total: u64 = delta.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        // The smallest bucket holding at least 99% of the interval's observations.
+        let wanted = total - total / 100;
+        let mut cumulative = 0;
+        delta.iter().enumerate().find_map(|(slot, count)| {
+            cumulative += count;
+            (cumulative >= wanted)
+                .then(|| slot_bound_micros(slot))
+                .flatten()
+        })
+    }
+}
+
+/// The interval percentiles of one node or container, kept across cycles.
+#[derive(Debug, Clone, Default)]
+pub struct EbpfIntervals {
+    runq_latency: IntervalP99,
+    block_latency: IntervalP99,
+}
+
+impl EbpfMetrics {
+    /// `sched`/`block` are `None` when that family is not attached; a cgroup that
+    /// has not been seen by an attached family passes zero counters.
+    pub fn new(
+        since: u64,
+        sched: Option<&SchedCounters>,
+        block: Option<&[DeviceOpCounters]>,
+        device_names: &HashMap<(u32, u32), String>,
+        intervals: &mut EbpfIntervals,
+    ) -> Self {
+        Self {
+            since,
+            sched: sched.map(|sched| SchedMetrics {
+                runq_latency: Histogram::from(&sched.runq_latency),
+                runq_latency_p99_us: intervals.runq_latency.observe(&sched.runq_latency),
+                voluntary_switches: sched.voluntary_switches,
+                involuntary_switches: sched.involuntary_switches,
+                oncpu_ns: sched.oncpu_ns,
+            }),
+            blkio: block.map(|entries| {
+                let p99 = intervals.block_latency.observe(&block_latency(entries));
+                BlkioMetrics::new(entries, device_names, p99)
+            }),
+        }
+    }
 }

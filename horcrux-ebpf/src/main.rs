@@ -1,24 +1,393 @@
 //! Horcrux eBPF programs. Built for `bpfel-unknown-none` with nightly and
 //! embedded in the agent binary by `horcrux-agent/build.rs`.
+//!
+//! Scheduler (`tp_btf` sched_wakeup, sched_wakeup_new, sched_switch): per cgroup,
+//! run-queue latency, voluntary/involuntary switches and on-CPU time.
+//! Block I/O (`tp_btf` block_rq_issue, block_rq_complete): per cgroup, disk and
+//! operation, bytes, issued and completed requests and issue→complete latency.
+//!
+//! Rust eBPF has no CO-RE relocations, so every kernel structure member is read at
+//! an offset the agent resolved from the running kernel's BTF and wrote into
+//! [`LAYOUT`] before loading.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    macros::{map, tracepoint},
-    maps::PerCpuArray,
-    programs::TracePointContext,
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::{btf_tracepoint, map},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap},
+    programs::BtfTracePointContext,
+};
+use aya_log_ebpf::warn;
+use horcrux_common::{
+    BLOCK_OP_DISCARD, BLOCK_OP_FLUSH, BLOCK_OP_OTHER, BLOCK_OP_READ, BLOCK_OP_WRITE, BlockCounters,
+    BlockKey, CgroupPath, EVENT_BLOCK_MAP_FULL, EVENT_INFLIGHT_MAP_FULL, EVENT_READ_FAILED,
+    EVENT_SCHED_MAP_FULL, EVENT_SLOTS, EVENT_WAKEUP_MAP_FULL, InFlightRequest, KernelLayout,
+    REQ_OP_MASK, SchedCounters,
 };
 
-/// Number of `sched_switch` events seen, one slot per CPU (no contention on the hot path).
-#[map(name = "CONTEXT_SWITCHES")]
-static CONTEXT_SWITCHES: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+/// Overwritten by the agent at load time (`EbpfLoader::override_global`).
+#[unsafe(no_mangle)]
+static LAYOUT: KernelLayout = KernelLayout {
+    task_pid: 0,
+    task_cgroups: 0,
+    css_cgroup: 0,
+    cgroup_kn: 0,
+    kernfs_node_id: 0,
+    cpu_cgroup: CgroupPath {
+        css_set_offset: 0,
+        through_css: 0,
+    },
+    io_cgroup: CgroupPath {
+        css_set_offset: 0,
+        through_css: 0,
+    },
+    request_q: 0,
+    request_bio: 0,
+    request_cmd_flags: 0,
+    request_data_len: 0,
+    request_queue_disk: 0,
+    gendisk_major: 0,
+    gendisk_first_minor: 0,
+    bio_blkg: 0,
+    blkg_blkcg: 0,
+    blkcg_css: 0,
+    op_read: 0,
+    op_write: 0,
+    op_flush: 0,
+    op_discard: 0,
+};
 
-/// Attached to `sched/sched_switch`: counts every context switch on every CPU.
-#[tracepoint]
-pub fn count_context_switches(_ctx: TracePointContext) -> u32 {
-    if let Some(count) = CONTEXT_SWITCHES.get_ptr_mut(0) {
-        // SAFETY: the pointer is this CPU's slot of a per-CPU map; preemption is off here.
-        unsafe { *count += 1 };
+/// Reads one member of [`LAYOUT`]. A volatile read keeps the compiler from folding
+/// the placeholder value; the verifier sees the loaded constant (read-only map).
+macro_rules! layout {
+    ($($member:ident).+) => {
+        // SAFETY: LAYOUT is a plain static; the pointer is in bounds and aligned.
+        unsafe { core::ptr::read_volatile(&raw const LAYOUT.$($member).+) }
+    };
+}
+
+/// Zeroed values to insert on a map miss, from read-only memory rather than the
+/// 512-byte stack.
+static SCHED_ZERO: SchedCounters = SchedCounters::ZERO;
+static BLOCK_ZERO: BlockCounters = BlockCounters::ZERO;
+
+/// Scheduler counters per cgroup (kernfs id in the hierarchy CPU time is charged in).
+#[map(name = "SCHED")]
+static SCHED: PerCpuHashMap<u64, SchedCounters> = PerCpuHashMap::with_max_entries(8192, 0);
+
+/// When a task became runnable (woken or preempted), by `task_struct` address.
+#[map(name = "RUNNABLE_SINCE")]
+static RUNNABLE_SINCE: HashMap<u64, u64> = HashMap::with_max_entries(32768, 0);
+
+/// What each CPU is running: the cgroup charged and since when.
+#[repr(C)]
+struct Running {
+    cgroup_id: u64,
+    since_ns: u64,
+}
+
+#[map(name = "RUNNING")]
+static RUNNING: PerCpuArray<Running> = PerCpuArray::with_max_entries(1, 0);
+
+/// Block I/O counters per (blkio cgroup, disk, operation).
+#[map(name = "BLOCK")]
+static BLOCK: PerCpuHashMap<BlockKey, BlockCounters> = PerCpuHashMap::with_max_entries(8192, 0);
+
+/// Requests issued and not yet completed, by `struct request` address.
+#[map(name = "IN_FLIGHT")]
+static IN_FLIGHT: HashMap<u64, InFlightRequest> = HashMap::with_max_entries(16384, 0);
+
+/// What could not be recorded, per CPU (slots are `EVENT_*`).
+#[map(name = "EVENTS")]
+static EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_SLOTS, 0);
+
+const EEXIST: i32 = 17;
+
+/// Reads a `T` at `base + offset` in kernel memory; `None` for a null base or a fault.
+#[inline(always)]
+fn read<T>(base: u64, offset: u64) -> Option<T> {
+    if base == 0 {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel copes with any address; it fails, never faults.
+    unsafe { bpf_probe_read_kernel((base + offset) as *const T).ok() }
+}
+
+/// Counts an event; returns true the first time on this CPU, to log it once.
+#[inline(always)]
+fn count_event(slot: u32) -> bool {
+    match EVENTS.get_ptr_mut(slot) {
+        Some(count) => {
+            // SAFETY: this CPU's slot of a per-CPU array; the program is not reentrant on a CPU.
+            unsafe {
+                *count += 1;
+                *count == 1
+            }
+        }
+        None => false,
+    }
+}
+
+/// The kernfs id (= inode number) of a cgroup.
+#[inline(always)]
+fn cgroup_kernfs_id(cgroup: u64) -> Option<u64> {
+    let kernfs_node: u64 = read(cgroup, layout!(cgroup_kn))?;
+    read(kernfs_node, layout!(kernfs_node_id))
+}
+
+/// The kernfs id of a task's cgroup, reached along `path` from its `css_set`.
+#[inline(always)]
+fn task_cgroup_id(task: u64, css_set_offset: u64, through_css: u64) -> Option<u64> {
+    let css_set: u64 = read(task, layout!(task_cgroups))?;
+    let mut cgroup: u64 = read(css_set, css_set_offset)?;
+    if through_css != 0 {
+        cgroup = read(cgroup, layout!(css_cgroup))?;
+    }
+    cgroup_kernfs_id(cgroup)
+}
+
+/// This CPU's counters for a cgroup, created on first use.
+#[inline(always)]
+fn sched_counters(
+    ctx: &BtfTracePointContext,
+    cgroup_id: u64,
+) -> Option<&'static mut SchedCounters> {
+    if let Some(counters) = SCHED.get_ptr_mut(cgroup_id) {
+        // SAFETY: a per-CPU map value, only touched by this CPU with preemption off.
+        return Some(unsafe { &mut *counters });
+    }
+    if let Err(error) = SCHED.insert(cgroup_id, &SCHED_ZERO, u64::from(BPF_NOEXIST))
+        && error != -EEXIST
+    {
+        if count_event(EVENT_SCHED_MAP_FULL) {
+            warn!(ctx, "SCHED map full: cgroup {} not counted", cgroup_id);
+        }
+        return None;
+    }
+    // SAFETY: as above.
+    SCHED
+        .get_ptr_mut(cgroup_id)
+        .map(|counters| unsafe { &mut *counters })
+}
+
+#[inline(always)]
+fn mark_runnable(ctx: &BtfTracePointContext, task: u64, now: u64) {
+    // Overwrite: a wakeup seen while the task still ran must not linger.
+    if RUNNABLE_SINCE.insert(task, now, 0).is_err() && count_event(EVENT_WAKEUP_MAP_FULL) {
+        warn!(
+            ctx,
+            "RUNNABLE_SINCE map full: run-queue latency samples lost"
+        );
+    }
+}
+
+#[btf_tracepoint(function = "sched_wakeup")]
+pub fn sched_wakeup(ctx: BtfTracePointContext) -> u32 {
+    let task: u64 = ctx.arg(0);
+    // SAFETY: a helper without preconditions.
+    mark_runnable(&ctx, task, unsafe { bpf_ktime_get_ns() });
+    0
+}
+
+#[btf_tracepoint(function = "sched_wakeup_new")]
+pub fn sched_wakeup_new(ctx: BtfTracePointContext) -> u32 {
+    let task: u64 = ctx.arg(0);
+    // SAFETY: a helper without preconditions.
+    mark_runnable(&ctx, task, unsafe { bpf_ktime_get_ns() });
+    0
+}
+
+/// `sched_switch(bool preempt, task_struct *prev, task_struct *next, unsigned int prev_state)`.
+#[btf_tracepoint(function = "sched_switch")]
+pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
+    let preempt: u64 = ctx.arg(0);
+    let prev: u64 = ctx.arg(1);
+    let next: u64 = ctx.arg(2);
+    let prev_state: u64 = ctx.arg(3);
+    // SAFETY: a helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(running) = RUNNING.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot; the program is not reentrant on a CPU.
+    let running = unsafe { &mut *running };
+
+    // The task switched out: 0 is the idle task (or nothing seen yet on this CPU).
+    if running.cgroup_id != 0 {
+        // As the scheduler decides: a task that was not preempted and whose state is
+        // not TASK_RUNNING (0) blocked (voluntary); otherwise it stays runnable.
+        let still_runnable = preempt & 0xff != 0 || prev_state as u32 == 0;
+        if let Some(counters) = sched_counters(&ctx, running.cgroup_id) {
+            counters.oncpu_ns += now.saturating_sub(running.since_ns);
+            if still_runnable {
+                counters.involuntary_switches += 1;
+            } else {
+                counters.voluntary_switches += 1;
+            }
+        }
+        if still_runnable {
+            mark_runnable(&ctx, prev, now);
+        }
+    }
+
+    // The task switched in.
+    running.since_ns = now;
+    running.cgroup_id = 0;
+    let pid: i32 = read(next, layout!(task_pid)).unwrap_or(0);
+    if pid == 0 {
+        return 0;
+    }
+    let Some(cgroup_id) = task_cgroup_id(
+        next,
+        layout!(cpu_cgroup.css_set_offset),
+        layout!(cpu_cgroup.through_css),
+    ) else {
+        count_event(EVENT_READ_FAILED);
+        return 0;
+    };
+    running.cgroup_id = cgroup_id;
+    // SAFETY: the value is copied out before the entry is removed.
+    if let Some(since) = unsafe { RUNNABLE_SINCE.get(next) }.copied() {
+        let _ = RUNNABLE_SINCE.remove(next);
+        if let Some(counters) = sched_counters(&ctx, cgroup_id) {
+            counters.runq_latency.observe(now.saturating_sub(since));
+        }
+    }
+    0
+}
+
+/// The blkio/io cgroup a request is charged to: its bio's blkcg, as the kernel
+/// charges it, or the submitting task's when the request carries none (flushes).
+#[inline(always)]
+fn request_cgroup_id(request: u64) -> Option<u64> {
+    let bio: u64 = read(request, layout!(request_bio)).unwrap_or(0);
+    let blkg: u64 = read(bio, layout!(bio_blkg)).unwrap_or(0);
+    if let Some(blkcg) = read::<u64>(blkg, layout!(blkg_blkcg))
+        && let Some(cgroup) = read::<u64>(blkcg + layout!(blkcg_css), layout!(css_cgroup))
+    {
+        return cgroup_kernfs_id(cgroup);
+    }
+    // SAFETY: a helper without preconditions.
+    let task = unsafe { bpf_get_current_task() };
+    task_cgroup_id(
+        task,
+        layout!(io_cgroup.css_set_offset),
+        layout!(io_cgroup.through_css),
+    )
+}
+
+#[inline(always)]
+fn operation_class(cmd_flags: u32) -> u32 {
+    let op = cmd_flags & REQ_OP_MASK;
+    if op == layout!(op_read) {
+        BLOCK_OP_READ
+    } else if op == layout!(op_write) {
+        BLOCK_OP_WRITE
+    } else if op == layout!(op_discard) {
+        BLOCK_OP_DISCARD
+    } else if op == layout!(op_flush) {
+        BLOCK_OP_FLUSH
+    } else {
+        BLOCK_OP_OTHER
+    }
+}
+
+#[inline(always)]
+fn block_counters(
+    ctx: &BtfTracePointContext,
+    key: &BlockKey,
+) -> Option<&'static mut BlockCounters> {
+    if let Some(counters) = BLOCK.get_ptr_mut(key) {
+        // SAFETY: a per-CPU map value, only touched by this CPU.
+        return Some(unsafe { &mut *counters });
+    }
+    if let Err(error) = BLOCK.insert(key, &BLOCK_ZERO, u64::from(BPF_NOEXIST))
+        && error != -EEXIST
+    {
+        if count_event(EVENT_BLOCK_MAP_FULL) {
+            warn!(ctx, "BLOCK map full: cgroup {} not counted", key.cgroup_id);
+        }
+        return None;
+    }
+    // SAFETY: as above.
+    BLOCK
+        .get_ptr_mut(key)
+        .map(|counters| unsafe { &mut *counters })
+}
+
+/// `block_rq_issue(struct request *rq)`: the driver takes the request.
+#[btf_tracepoint(function = "block_rq_issue")]
+pub fn block_rq_issue(ctx: BtfTracePointContext) -> u32 {
+    let request: u64 = ctx.arg(0);
+    // SAFETY: a helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let (Some(cmd_flags), Some(bytes), Some(disk)) = (
+        read::<u32>(request, layout!(request_cmd_flags)),
+        read::<u32>(request, layout!(request_data_len)),
+        read::<u64>(request, layout!(request_q))
+            .and_then(|queue| read::<u64>(queue, layout!(request_queue_disk))),
+    ) else {
+        count_event(EVENT_READ_FAILED);
+        return 0;
+    };
+    let (Some(major), Some(minor), Some(cgroup_id)) = (
+        read::<u32>(disk, layout!(gendisk_major)),
+        read::<u32>(disk, layout!(gendisk_first_minor)),
+        request_cgroup_id(request),
+    ) else {
+        count_event(EVENT_READ_FAILED);
+        return 0;
+    };
+    let in_flight = InFlightRequest {
+        key: BlockKey {
+            cgroup_id,
+            device: (major << 20) | minor,
+            op: operation_class(cmd_flags),
+        },
+        issued_ns: now,
+        bytes: u64::from(bytes),
+    };
+    match IN_FLIGHT.insert(request, &in_flight, u64::from(BPF_NOEXIST)) {
+        Ok(()) => {
+            if let Some(counters) = block_counters(&ctx, &in_flight.key) {
+                counters.issued += 1;
+            }
+        }
+        // Issued again after a requeue: latency runs from the last issue.
+        Err(error) if error == -EEXIST => {
+            if let Some(entry) = IN_FLIGHT.get_ptr_mut(request) {
+                // SAFETY: a map value; a racing update can only skew one latency.
+                unsafe { (*entry).issued_ns = now };
+            }
+        }
+        Err(_) => {
+            if count_event(EVENT_INFLIGHT_MAP_FULL) {
+                warn!(&ctx, "IN_FLIGHT map full: block requests not timed");
+            }
+        }
+    }
+    0
+}
+
+/// `block_rq_complete(struct request *rq, blk_status_t error, unsigned int nr_bytes)`.
+#[btf_tracepoint(function = "block_rq_complete")]
+pub fn block_rq_complete(ctx: BtfTracePointContext) -> u32 {
+    let request: u64 = ctx.arg(0);
+    // SAFETY: a helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // Requests issued before the program was attached are not in the map.
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(in_flight) = (unsafe { IN_FLIGHT.get(request) }).copied() else {
+        return 0;
+    };
+    let _ = IN_FLIGHT.remove(request);
+    if let Some(counters) = block_counters(&ctx, &in_flight.key) {
+        counters
+            .latency
+            .observe(now.saturating_sub(in_flight.issued_ns));
+        counters.bytes += in_flight.bytes;
     }
     0
 }

@@ -5,6 +5,7 @@
 
 pub mod discovery;
 pub mod files;
+pub mod inodes;
 pub mod stats;
 
 use std::{

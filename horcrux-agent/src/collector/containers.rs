@@ -11,13 +11,16 @@ use std::{
 use crate::{
     cgroup::{
         discovery::{self, DiscoveredContainer, Runtime},
-        stats::{CgroupReader, ContainerCounters},
+        files::DeviceIo,
+        inodes::nearest_ancestor,
+        stats::{BlockIoCounters, CgroupReader, ContainerCounters},
     },
     collector::health::CollectorHealth,
+    ebpf::counters::{DeviceOpCounters, EbpfCounters},
     model::{
         BlockIoTotals, ContainerBlockIo, ContainerCpu, ContainerDeviceIo, ContainerMemory,
         ContainerMetrics, ContainerNetwork, ContainerPids, ContainerState, ContainerThrottling,
-        NetworkMetrics, NetworkTotals, VmStatusChangedMessage,
+        EbpfIntervals, EbpfMetrics, NetworkMetrics, NetworkTotals, VmStatusChangedMessage,
     },
     process::{self, RuntimeNames},
     procfs::{TextReader, diskstats, netdev},
@@ -40,7 +43,15 @@ pub struct ContainerCollector {
     /// rx bytes, tx bytes (keyed by container: each is credited its namespace's traffic).
     network_bytes: RateTracker<String, 2>,
     states: HashMap<String, (ContainerState, Option<String>, Runtime)>,
+    ebpf_intervals: HashMap<String, EbpfIntervals>,
     pub health: CollectorHealth,
+}
+
+/// One container's share of the eBPF counters: its cgroup and every descendant.
+#[derive(Debug, Default)]
+struct ContainerEbpf {
+    sched: Option<horcrux_common::SchedCounters>,
+    block: Option<Vec<DeviceOpCounters>>,
 }
 
 /// One cycle's result.
@@ -62,11 +73,13 @@ impl ContainerCollector {
             block_bytes: RateTracker::new(Decrease::Reset),
             network_bytes: RateTracker::new(Decrease::Reset),
             states: HashMap::new(),
+            ebpf_intervals: HashMap::new(),
             health: CollectorHealth::default(),
         }
     }
 
-    pub fn collect(&mut self, timestamp: u64) -> ContainerCycle {
+    /// `ebpf`: the node collector's latest eBPF counters, if any program is attached.
+    pub fn collect(&mut self, timestamp: u64, ebpf: Option<&EbpfCounters>) -> ContainerCycle {
         let discovered = discovery::discover(&self.reader.hierarchies().discovery_roots());
         self.names.refresh(
             discovered
@@ -84,13 +97,24 @@ impl ContainerCollector {
         self.block_bytes.begin(now);
         self.network_bytes.begin(now);
         let mut namespaces: HashMap<u64, Option<Vec<netdev::NetDevStat>>> = HashMap::new();
+        let mut ebpf_shares = ebpf_per_container(ebpf, &discovered);
+        self.ebpf_intervals
+            .retain(|id, _| discovered.iter().any(|container| &container.id == id));
         let mut containers = Vec::with_capacity(discovered.len());
-        for container in discovered {
+        for (container, ebpf_share) in discovered.into_iter().zip(ebpf_shares.drain(..)) {
             // A cgroup removed since discovery is simply gone, not an error.
             let search_children = container.runtime == Runtime::Lxc;
-            let Some(counters) = self.reader.read(&container.relative_path, search_children) else {
+            let Some(mut counters) = self.reader.read(&container.relative_path, search_children)
+            else {
                 continue;
             };
+            // cgroup v1 blkio counts nothing without a throttle rule: the eBPF block
+            // programs close that gap.
+            if counters.block_io.is_err()
+                && let Some(entries) = &ebpf_share.block
+            {
+                counters.block_io = Ok(block_io_from_ebpf(entries));
+            }
             for error in &counters.errors {
                 let source = error.path().display().to_string();
                 self.health
@@ -102,7 +126,24 @@ impl ContainerCollector {
                 &mut namespaces,
                 timestamp,
             );
-            containers.push(self.metrics(container, counters, network, &device_names, timestamp));
+            let intervals = self.ebpf_intervals.entry(container.id.clone()).or_default();
+            let ebpf = ebpf.map(|ebpf| {
+                EbpfMetrics::new(
+                    ebpf.since,
+                    ebpf_share.sched.as_ref(),
+                    ebpf_share.block.as_deref(),
+                    &device_names,
+                    intervals,
+                )
+            });
+            containers.push(self.metrics(
+                container,
+                counters,
+                network,
+                ebpf,
+                &device_names,
+                timestamp,
+            ));
         }
         let changes = self.state_changes(&containers, timestamp);
         ContainerCycle {
@@ -116,6 +157,7 @@ impl ContainerCollector {
         container: DiscoveredContainer,
         counters: ContainerCounters,
         network: Result<ContainerNetwork, String>,
+        ebpf: Option<EbpfMetrics>,
         device_names: &HashMap<(u32, u32), String>,
         timestamp: u64,
     ) -> ContainerMetrics {
@@ -236,6 +278,7 @@ impl ContainerCollector {
             pids,
             network,
             pressure,
+            ebpf,
             unavailable,
         }
     }
@@ -364,6 +407,86 @@ impl ContainerCollector {
         }
         self.states = current;
         changes
+    }
+}
+
+/// Each container's share of the eBPF counters, in `discovered` order: a cgroup's
+/// counters go to the container whose cgroup is it or its nearest ancestor. A
+/// family the programs do not count stays `None`; an attached one starts at zero.
+fn ebpf_per_container(
+    ebpf: Option<&EbpfCounters>,
+    discovered: &[DiscoveredContainer],
+) -> Vec<ContainerEbpf> {
+    let mut shares: Vec<ContainerEbpf> = discovered
+        .iter()
+        .map(|_| ContainerEbpf {
+            sched: ebpf
+                .and_then(|ebpf| ebpf.sched.as_ref())
+                .map(|_| horcrux_common::SchedCounters::ZERO),
+            block: ebpf
+                .and_then(|ebpf| ebpf.block.as_ref())
+                .map(|_| Vec::new()),
+        })
+        .collect();
+    let Some(ebpf) = ebpf else {
+        return shares;
+    };
+    let positions: HashMap<&str, usize> = discovered
+        .iter()
+        .enumerate()
+        .map(|(position, container)| (container.relative_path.as_str(), position))
+        .collect();
+    for (path, counters) in ebpf.sched.iter().flat_map(|sched| &sched.by_cgroup) {
+        if let Some(&position) = nearest_ancestor(&positions, path)
+            && let Some(sched) = &mut shares[position].sched
+        {
+            sched.add(counters);
+        }
+    }
+    for (path, entries) in ebpf.block.iter().flat_map(|block| &block.by_cgroup) {
+        if let Some(&position) = nearest_ancestor(&positions, path)
+            && let Some(block) = &mut shares[position].block
+        {
+            block.extend_from_slice(entries);
+        }
+    }
+    shares
+}
+
+/// Per-device block I/O in the cgroup readers' shape, from eBPF request counters.
+fn block_io_from_ebpf(entries: &[DeviceOpCounters]) -> BlockIoCounters {
+    let mut devices: BTreeMap<u32, DeviceIo> = BTreeMap::new();
+    for entry in entries {
+        let device = devices.entry(entry.device).or_insert(DeviceIo {
+            major: entry.major(),
+            minor: entry.minor(),
+            read_bytes: 0,
+            write_bytes: 0,
+            discard_bytes: 0,
+            reads: 0,
+            writes: 0,
+            discards: 0,
+        });
+        let (bytes, count) = (entry.counters.bytes, entry.counters.latency.count());
+        match entry.op {
+            horcrux_common::BLOCK_OP_READ => {
+                (device.read_bytes, device.reads) =
+                    (device.read_bytes + bytes, device.reads + count)
+            }
+            horcrux_common::BLOCK_OP_WRITE => {
+                (device.write_bytes, device.writes) =
+                    (device.write_bytes + bytes, device.writes + count)
+            }
+            horcrux_common::BLOCK_OP_DISCARD => {
+                (device.discard_bytes, device.discards) =
+                    (device.discard_bytes + bytes, device.discards + count)
+            }
+            _ => {}
+        }
+    }
+    BlockIoCounters {
+        source: "ebpf",
+        devices: devices.into_values().collect(),
     }
 }
 

@@ -20,10 +20,14 @@ use tokio::sync::{broadcast, watch};
 
 use crate::{
     alerts::{AlertEngine, Target},
+    cgroup::Hierarchies,
     cgroup::stats::CgroupReader,
-    ebpf::{EbpfPrograms, ProgramStatus},
+    ebpf::{EbpfPrograms, EbpfStatus, counters::EbpfCounters},
     history::{self, History, Scope},
-    model::{ContainerMetrics, NodeMetrics, NodeMetricsMessage, VmMetricsMessage},
+    model::{
+        ContainerMetrics, EbpfIntervals, EbpfMetrics, NodeMetrics, NodeMetricsMessage,
+        VmMetricsMessage,
+    },
 };
 use containers::ContainerCollector;
 use health::CollectorHealth;
@@ -38,7 +42,9 @@ pub struct NodeSnapshot {
     /// The spec's `NodeMetrics` WebSocket message for `node`.
     pub node_message: Utf8Bytes,
     pub health: CollectorHealth,
-    pub ebpf: Vec<ProgramStatus>,
+    pub ebpf_status: EbpfStatus,
+    /// Per-cgroup eBPF counters, for the container collector.
+    pub ebpf: Arc<EbpfCounters>,
 }
 
 /// What one container cycle publishes.
@@ -106,25 +112,28 @@ impl<T> Outputs<T> {
 pub fn spawn_node(
     interval: Duration,
     sources: NodeSources,
+    hierarchies: Hierarchies,
     outputs: Outputs<NodeSnapshot>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     spawn("node-collector", move || {
-        let mut ebpf = EbpfPrograms::load();
+        let mut ebpf = EbpfPrograms::load(&hierarchies);
         release_freed_heap();
         let mut collector = NodeCollector::new(sources);
+        let mut ebpf_intervals = EbpfIntervals::default();
         every(
             interval,
             || !outputs.snapshots.is_closed(),
             || {
                 let (started, cpu_before, timestamp) =
                     (Instant::now(), thread_cpu_time(), unix_seconds());
-                let node = collector.collect(hostname(), timestamp);
-                if let Err(error) = ebpf.refresh() {
-                    let message = format!("reading eBPF counters: {error}");
+                let mut node = collector.collect(hostname(), timestamp);
+                let (counters, errors) = ebpf.read();
+                for error in errors {
                     collector
                         .health
-                        .record_error("node", "ebpf maps", message, timestamp);
+                        .record_error("node", "ebpf maps", error, timestamp);
                 }
+                node.ebpf = node_ebpf(&node, &counters, &mut ebpf_intervals);
                 collector
                     .health
                     .record_cycle(started.elapsed(), cpu_since(cpu_before), timestamp);
@@ -141,12 +150,37 @@ pub fn spawn_node(
                     node_message: node_message.clone(),
                     node,
                     health: collector.health.clone(),
-                    ebpf: ebpf.statuses(),
+                    ebpf_status: ebpf.status(),
+                    ebpf: Arc::new(counters),
                 };
                 outputs.publish(snapshot, std::iter::once(node_message).chain(alerts));
             },
         );
     })
+}
+
+/// The node's eBPF totals (`None` when no family is attached).
+fn node_ebpf(
+    node: &NodeMetrics,
+    counters: &EbpfCounters,
+    intervals: &mut EbpfIntervals,
+) -> Option<EbpfMetrics> {
+    if counters.sched.is_none() && counters.block.is_none() {
+        return None;
+    }
+    let device_names = node
+        .disks
+        .iter()
+        .flatten()
+        .map(|disk| ((disk.major, disk.minor), disk.device.clone()))
+        .collect();
+    Some(EbpfMetrics::new(
+        counters.since,
+        counters.sched.as_ref().map(|sched| &sched.total),
+        counters.block.as_ref().map(|block| block.total.as_slice()),
+        &device_names,
+        intervals,
+    ))
 }
 
 /// Runs the container collector on its own thread. `node` supplies host memory, the
@@ -165,7 +199,9 @@ pub fn spawn_containers(
             || {
                 let (started, cpu_before, timestamp) =
                     (Instant::now(), thread_cpu_time(), unix_seconds());
-                let cycle = collector.collect(timestamp);
+                let ebpf = node.borrow().as_ref().map(|snapshot| snapshot.ebpf.clone());
+                let ebpf = ebpf.filter(|ebpf| ebpf.sched.is_some() || ebpf.block.is_some());
+                let cycle = collector.collect(timestamp, ebpf.as_deref());
                 collector
                     .health
                     .record_cycle(started.elapsed(), cpu_since(cpu_before), timestamp);

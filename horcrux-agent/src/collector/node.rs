@@ -140,6 +140,7 @@ impl NodeCollector {
             disks,
             network,
             filesystems,
+            ebpf: None,
         }
     }
 

@@ -26,19 +26,31 @@ pub async fn node_metrics(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
+/// What `/api/status` says of how eBPF counters are attributed.
+const EBPF_NOTES: &[&str] = &[
+    "Scheduler counters are charged to the task's cgroup in the cpu controller's hierarchy \
+     (v1/hybrid) or its cgroup2 directory (v2); block I/O to the bio's blkcg, as the kernel \
+     charges it, or the submitting task's io cgroup for requests without one.",
+    "On cgroup v1, blkio counts nothing for a cgroup without a blk-throttle rule; such \
+     containers' block_read_bytes/block_write_bytes come from the eBPF block programs \
+     (block_io.source = \"ebpf\"), counted since the programs were attached.",
+    "Counters start when the programs are attached (ebpf.since in the metrics).",
+];
+
 /// `GET /api/status`: agent identity, cgroup mode, eBPF programs, collector health.
 pub async fn status(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
     let latest = state.node.borrow().clone();
     let containers = state.containers.borrow().clone();
     let (node_health, programs) = match &latest {
-        Some(snapshot) => (json!(snapshot.health), json!(snapshot.ebpf)),
-        None => (serde_json::Value::Null, json!([])),
+        Some(snapshot) => (json!(snapshot.health), json!(snapshot.ebpf_status)),
+        None => (serde_json::Value::Null, serde_json::Value::Null),
     };
     let container_health = containers.as_ref().map(|snapshot| json!(snapshot.health));
     let hierarchies = &state.hierarchies;
     let attached = latest.as_ref().map_or(0, |snapshot| {
         snapshot
-            .ebpf
+            .ebpf_status
+            .programs
             .iter()
             .filter(|program| program.state == ProgramState::Attached)
             .count()
@@ -58,7 +70,11 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Json<serde_json::Valu
         "ebpf": {
             "embedded": state.ebpf_embedded,
             "attached_programs": attached,
-            "programs": programs,
+            "programs": programs.get("programs"),
+            "events": programs.get("events"),
+            "sched_cgroups": programs.get("sched_cgroups"),
+            "block_cgroups": programs.get("block_cgroups"),
+            "notes": EBPF_NOTES,
         },
         "collectors": { "node": node_health, "containers": container_health },
         "containers": containers.as_ref().map_or(0, |snapshot| snapshot.containers.len()),

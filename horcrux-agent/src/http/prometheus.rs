@@ -15,8 +15,8 @@ use crate::{
     collector::{ContainerSnapshot, NodeSnapshot, health::CollectorHealth},
     ebpf::ProgramState,
     model::{
-        BlockIoTotals, ContainerMetrics, CpuModes, DiskMetrics, FilesystemMetrics, NetworkTotals,
-        NodeMetrics,
+        BlkioDevice, BlockIoTotals, ContainerMetrics, CpuModes, DiskMetrics, EbpfMetrics,
+        FilesystemMetrics, Histogram, NetworkTotals, NodeMetrics, SchedMetrics,
     },
 };
 
@@ -64,6 +64,36 @@ impl Exposition {
             if let Some(value) = value.render() {
                 self.sample(name, &labels, value);
             }
+        }
+    }
+
+    /// A histogram family: cumulative `_bucket`s with `le` in seconds, then `+Inf`,
+    /// `_sum` (seconds) and `_count`. The model's bounds are microseconds.
+    pub fn histogram_family<'a>(
+        &mut self,
+        name: &str,
+        help: &str,
+        samples: impl IntoIterator<Item = (Labels<'a>, &'a Histogram)>,
+    ) {
+        let _ = writeln!(self.text, "# HELP {name} {help}");
+        let _ = writeln!(self.text, "# TYPE {name} histogram");
+        let bucket_name = format!("{name}_bucket");
+        for (labels, histogram) in samples {
+            fn with_le<'l>(
+                labels: &[(&'static str, &'l str)],
+                le: &'l str,
+            ) -> Vec<(&'static str, &'l str)> {
+                let mut labels = labels.to_vec();
+                labels.push(("le", le));
+                labels
+            }
+            for bucket in &histogram.buckets {
+                let le = (bucket.le as f64 / 1e6).to_string();
+                self.sample(&bucket_name, &with_le(&labels, &le), bucket.count);
+            }
+            self.sample(&bucket_name, &with_le(&labels, "+Inf"), histogram.count);
+            self.sample(&format!("{name}_sum"), &labels, histogram.sum / 1e6);
+            self.sample(&format!("{name}_count"), &labels, histogram.count);
         }
     }
 
@@ -134,6 +164,9 @@ fn modes(values: &CpuModes) -> [(&'static str, f64); 8] {
 }
 
 fn node_families(out: &mut Exposition, node: &NodeMetrics) {
+    if let Some(ebpf) = &node.ebpf {
+        ebpf_families(out, "horcrux_node", &[(vec![], ebpf)]);
+    }
     if let Some(cpu) = &node.cpu {
         let cpus: Vec<(String, &CpuModes)> = cpu
             .per_cpu
@@ -515,6 +548,11 @@ fn container_families(out: &mut Exposition, containers: &[ContainerMetrics]) {
             })
         }),
     );
+    let scopes: Vec<(Labels<'_>, &EbpfMetrics)> = containers
+        .iter()
+        .filter_map(|c| Some((identity(c), c.ebpf.as_ref()?)))
+        .collect();
+    ebpf_families(out, "horcrux_container", &scopes);
 }
 
 fn agent_families(
@@ -584,7 +622,9 @@ fn agent_families(
                 .map(|(name, health)| (vec![("collector", *name)], value(health))),
         );
     }
-    let programs = node.map(|n| n.ebpf.as_slice()).unwrap_or_default();
+    let programs = node
+        .map(|n| n.ebpf_status.programs.as_slice())
+        .unwrap_or_default();
     out.family(
         "horcrux_agent_ebpf_program_attached",
         "gauge",
@@ -615,22 +655,118 @@ fn agent_families(
             )
         }),
     );
+    let events = node.map(|n| &n.ebpf_status.events);
     out.family(
-        "horcrux_agent_ebpf_context_switches_total",
+        "horcrux_agent_ebpf_events_total",
         "counter",
-        "Context switches counted by the sched_switch eBPF program.",
-        programs.iter().map(|p| {
-            (
-                vec![("program", p.name)],
-                p.counters.get("context_switches").copied(),
-            )
-        }),
+        "Events the eBPF programs could not record (full maps, failed kernel reads).",
+        events
+            .into_iter()
+            .flatten()
+            .map(|(event, count)| (vec![("event", *event)], *count)),
     );
     out.family(
         "horcrux_agent_websocket_clients",
         "gauge",
         "Connected WebSocket clients.",
         [(vec![], state.ws_clients.load(Ordering::Relaxed) as u64)],
+    );
+}
+
+/// The eBPF families of one scope (`horcrux_node` or `horcrux_container`), one
+/// sample set per (labels, metrics).
+fn ebpf_families<'a>(out: &mut Exposition, prefix: &str, scopes: &[(Labels<'a>, &'a EbpfMetrics)]) {
+    let sched: Vec<(&Labels<'a>, &'a SchedMetrics)> = scopes
+        .iter()
+        .filter_map(|(labels, ebpf)| Some((labels, ebpf.sched.as_ref()?)))
+        .collect();
+    out.histogram_family(
+        &format!("{prefix}_runqueue_latency_seconds"),
+        "Time from becoming runnable (wakeup or preemption) to running, charged to the task switched in (eBPF).",
+        sched
+            .iter()
+            .map(|(labels, sched)| ((*labels).clone(), &sched.runq_latency)),
+    );
+    out.family(
+        &format!("{prefix}_sched_switches_total"),
+        "counter",
+        "Context switches of the cgroup's tasks: voluntary (blocked) or involuntary (preempted) (eBPF).",
+        sched.iter().flat_map(|(labels, sched)| {
+            [
+                ("voluntary", sched.voluntary_switches),
+                ("involuntary", sched.involuntary_switches),
+            ]
+            .map(|(kind, count)| {
+                let mut labels = (*labels).clone();
+                labels.push(("kind", kind));
+                (labels, count)
+            })
+        }),
+    );
+    out.family(
+        &format!("{prefix}_sched_oncpu_seconds_total"),
+        "counter",
+        "Time the cgroup's tasks ran, counted at each switch-out (eBPF).",
+        sched
+            .iter()
+            .map(|(labels, sched)| ((*labels).clone(), sched.oncpu_ns as f64 / 1e9)),
+    );
+    let devices: Vec<(Labels<'a>, &'a BlkioDevice)> = scopes
+        .iter()
+        .filter_map(|(labels, ebpf)| Some((labels, ebpf.blkio.as_ref()?)))
+        .flat_map(|(labels, blkio)| {
+            blkio.devices.iter().map(move |device| {
+                let mut labels = labels.clone();
+                labels.push(("device", device.device.as_deref().unwrap_or("unknown")));
+                (labels, device)
+            })
+        })
+        .collect();
+    out.histogram_family(
+        &format!("{prefix}_block_io_latency_seconds"),
+        "Block request latency from issue to the driver to completion, charged to the bio's cgroup (eBPF).",
+        devices
+            .iter()
+            .map(|(labels, device)| (labels.clone(), &device.latency)),
+    );
+    let by_op = |device: &BlkioDevice| {
+        let t = device.totals;
+        [
+            ("read", t.read_ops, Some(t.read_bytes)),
+            ("write", t.write_ops, Some(t.write_bytes)),
+            ("discard", t.discard_ops, Some(t.discard_bytes)),
+            ("flush", t.flush_ops, None),
+            ("other", t.other_ops, None),
+        ]
+    };
+    let with_op = |labels: &Labels<'a>, op: &'static str| {
+        let mut labels = labels.clone();
+        labels.push(("op", op));
+        labels
+    };
+    out.family(
+        &format!("{prefix}_block_requests_total"),
+        "counter",
+        "Completed block requests by device and operation (eBPF).",
+        devices.iter().flat_map(|(labels, device)| {
+            by_op(device).map(|(op, ops, _)| (with_op(labels, op), ops))
+        }),
+    );
+    out.family(
+        &format!("{prefix}_block_request_bytes_total"),
+        "counter",
+        "Bytes of completed block requests by device and operation (eBPF).",
+        devices.iter().flat_map(|(labels, device)| {
+            by_op(device).map(|(op, _, bytes)| (with_op(labels, op), bytes))
+        }),
+    );
+    out.family(
+        &format!("{prefix}_block_requests_in_flight"),
+        "gauge",
+        "Block requests issued to the driver and not completed (eBPF).",
+        devices
+            .iter()
+            .map(|(labels, device)| (labels.clone(), device.totals.in_flight)),
     );
 }
 

@@ -1,0 +1,260 @@
+//! Types that cross the kernel/user boundary: the layouts of the eBPF map keys and
+//! values, the kernel structure offsets the agent resolves from BTF and hands to the
+//! programs, and the latency bucket rule both sides must agree on.
+#![no_std]
+
+/// Latency histogram slots: slot `i < LATENCY_BUCKETS - 1` counts observations in
+/// (2^(i-1), 2^i] microseconds (slot 0: [0, 1] µs); the last slot counts the rest.
+pub const LATENCY_BUCKETS: usize = 28;
+
+/// The slot of a latency, with Prometheus `le` semantics: an observation equal to a
+/// bound is counted in that bound's bucket. Exact in nanoseconds: a latency `ns` is
+/// ≤ 2^i µs exactly when ceil(ns / 1000) ≤ 2^i.
+#[inline(always)]
+pub fn latency_slot(latency_ns: u64) -> usize {
+    let micros_ceil = latency_ns.div_ceil(1000);
+    if micros_ceil <= 1 {
+        return 0;
+    }
+    // ceil(log2(x)) for x ≥ 2.
+    let slot = (64 - (micros_ceil - 1).leading_zeros()) as usize;
+    if slot < LATENCY_BUCKETS - 1 {
+        slot
+    } else {
+        LATENCY_BUCKETS - 1
+    }
+}
+
+/// The upper bound of slot `i` in microseconds (`None` for the overflow slot, +Inf).
+pub fn slot_bound_micros(slot: usize) -> Option<u64> {
+    (slot < LATENCY_BUCKETS - 1).then(|| 1u64 << slot)
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LatencyHistogram {
+    /// Non-cumulative counts per slot; their sum is the observation count.
+    pub slots: [u64; LATENCY_BUCKETS],
+    pub sum_ns: u64,
+}
+
+impl LatencyHistogram {
+    pub const ZERO: Self = Self {
+        slots: [0; LATENCY_BUCKETS],
+        sum_ns: 0,
+    };
+
+    #[inline(always)]
+    pub fn observe(&mut self, latency_ns: u64) {
+        let slot = latency_slot(latency_ns);
+        // The index is bounded by `latency_slot`; the check also satisfies the verifier.
+        if let Some(count) = self.slots.get_mut(slot) {
+            *count += 1;
+        }
+        self.sum_ns += latency_ns;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.slots
+            .iter()
+            .fold(0, |sum, count| sum.wrapping_add(*count))
+    }
+
+    pub fn add(&mut self, other: &Self) {
+        for (slot, count) in self.slots.iter_mut().zip(other.slots) {
+            *slot = slot.wrapping_add(count);
+        }
+        self.sum_ns = self.sum_ns.wrapping_add(other.sum_ns);
+    }
+}
+
+/// Scheduler counters of one cgroup (per CPU in the map; summed by the agent).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SchedCounters {
+    /// Wakeup (or preemption) to being switched in, charged to the task switched in.
+    pub runq_latency: LatencyHistogram,
+    /// The task switched out had blocked (sleep, I/O, lock, pipe read…).
+    pub voluntary_switches: u64,
+    /// The task switched out was still runnable (preempted or yielded).
+    pub involuntary_switches: u64,
+    pub oncpu_ns: u64,
+}
+
+impl SchedCounters {
+    pub const ZERO: Self = Self {
+        runq_latency: LatencyHistogram::ZERO,
+        voluntary_switches: 0,
+        involuntary_switches: 0,
+        oncpu_ns: 0,
+    };
+
+    pub fn add(&mut self, other: &Self) {
+        self.runq_latency.add(&other.runq_latency);
+        self.voluntary_switches = self
+            .voluntary_switches
+            .wrapping_add(other.voluntary_switches);
+        self.involuntary_switches = self
+            .involuntary_switches
+            .wrapping_add(other.involuntary_switches);
+        self.oncpu_ns = self.oncpu_ns.wrapping_add(other.oncpu_ns);
+    }
+}
+
+/// Block request classes, from the request's operation.
+pub const BLOCK_OP_READ: u32 = 0;
+pub const BLOCK_OP_WRITE: u32 = 1;
+pub const BLOCK_OP_DISCARD: u32 = 2;
+pub const BLOCK_OP_FLUSH: u32 = 3;
+/// Write-zeroes, secure erase, zone management, driver-private operations.
+pub const BLOCK_OP_OTHER: u32 = 4;
+
+/// Block I/O counters are kept per cgroup, device and operation class.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlockKey {
+    /// kernfs id (= directory inode) of the blkio/io cgroup charged.
+    pub cgroup_id: u64,
+    /// The whole disk, as the kernel's `MKDEV(major, minor)` (major << 20 | minor).
+    pub device: u32,
+    pub op: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockCounters {
+    /// Issue to completion; its count is the completed requests.
+    pub latency: LatencyHistogram,
+    /// Bytes of the completed requests.
+    pub bytes: u64,
+    /// Requests issued to the driver (issued − completed = in flight).
+    pub issued: u64,
+}
+
+impl BlockCounters {
+    pub const ZERO: Self = Self {
+        latency: LatencyHistogram::ZERO,
+        bytes: 0,
+        issued: 0,
+    };
+
+    pub fn add(&mut self, other: &Self) {
+        self.latency.add(&other.latency);
+        self.bytes = self.bytes.wrapping_add(other.bytes);
+        self.issued = self.issued.wrapping_add(other.issued);
+    }
+
+    /// Issued and not completed (per-CPU parts may complete on another CPU).
+    pub fn in_flight(&self) -> u64 {
+        self.issued.saturating_sub(self.latency.count())
+    }
+}
+
+/// A request between issue and completion.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct InFlightRequest {
+    pub key: BlockKey,
+    pub issued_ns: u64,
+    pub bytes: u64,
+}
+
+/// A cgroup is reached from a `css_set` either directly (`css_set.dfl_cgrp`, the
+/// task's own cgroup2 directory) or through a controller's state
+/// (`css_set.subsys[id]->cgroup`, its cgroup in that controller's hierarchy).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupPath {
+    /// Offset within `struct css_set` of the pointer to follow.
+    pub css_set_offset: u64,
+    /// 1: that pointer is a `cgroup_subsys_state *` (follow `css.cgroup`);
+    /// 0: it is the `cgroup *` itself.
+    pub through_css: u64,
+}
+
+/// Byte offsets of the kernel structure members the programs read, resolved from
+/// the running kernel's BTF (Rust eBPF has no CO-RE relocations), plus the enum
+/// values they compare against.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelLayout {
+    pub task_pid: u64,
+    pub task_cgroups: u64,
+    pub css_cgroup: u64,
+    pub cgroup_kn: u64,
+    pub kernfs_node_id: u64,
+    /// The cgroup CPU work is charged to (cpu controller's hierarchy on v1/hybrid,
+    /// the cgroup2 directory on v2).
+    pub cpu_cgroup: CgroupPath,
+    /// The io/blkio cgroup of the submitting task, for requests without a blkcg.
+    pub io_cgroup: CgroupPath,
+    pub request_q: u64,
+    pub request_bio: u64,
+    pub request_cmd_flags: u64,
+    pub request_data_len: u64,
+    pub request_queue_disk: u64,
+    pub gendisk_major: u64,
+    pub gendisk_first_minor: u64,
+    pub bio_blkg: u64,
+    pub blkg_blkcg: u64,
+    pub blkcg_css: u64,
+    /// `enum req_op` values.
+    pub op_read: u32,
+    pub op_write: u32,
+    pub op_flush: u32,
+    pub op_discard: u32,
+}
+
+/// Bits of `cmd_flags` that hold the operation (`REQ_OP_MASK`, a macro, not in BTF).
+pub const REQ_OP_MASK: u32 = 0xff;
+
+/// Slots of the per-CPU `EVENTS` array: what the programs could not record.
+pub const EVENT_SCHED_MAP_FULL: u32 = 0;
+pub const EVENT_WAKEUP_MAP_FULL: u32 = 1;
+pub const EVENT_BLOCK_MAP_FULL: u32 = 2;
+pub const EVENT_INFLIGHT_MAP_FULL: u32 = 3;
+pub const EVENT_READ_FAILED: u32 = 4;
+pub const EVENT_SLOTS: u32 = 5;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are #[repr(C)] and made only of integers, with no padding.
+    unsafe impl aya::Pod for super::SchedCounters {}
+    unsafe impl aya::Pod for super::BlockKey {}
+    unsafe impl aya::Pod for super::BlockCounters {}
+    unsafe impl aya::Pod for super::KernelLayout {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_follow_prometheus_le() {
+        // (latency ns, expected slot): a value equal to a bound is in that bucket.
+        for (ns, slot) in [
+            (0, 0),
+            (1, 0),
+            (1000, 0),
+            (1001, 1),
+            (2000, 1),
+            (2001, 2),
+            (4000, 2),
+            (4001, 3),
+            (1_024_000, 10),
+            (1_024_001, 11),
+            (u64::MAX, LATENCY_BUCKETS - 1),
+        ] {
+            assert_eq!(latency_slot(ns), slot, "{ns} ns");
+        }
+        assert_eq!(slot_bound_micros(0), Some(1));
+        assert_eq!(slot_bound_micros(26), Some(1 << 26));
+        assert_eq!(slot_bound_micros(LATENCY_BUCKETS - 1), None);
+        // Every slot's bound holds what the slot holds and nothing of the next.
+        for slot in 0..LATENCY_BUCKETS - 1 {
+            let bound_ns = slot_bound_micros(slot).unwrap() * 1000;
+            assert_eq!(latency_slot(bound_ns), slot);
+            assert_eq!(latency_slot(bound_ns + 1), slot + 1);
+        }
+    }
+}
