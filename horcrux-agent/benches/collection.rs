@@ -169,11 +169,11 @@ fn containers() {
             (0..count).map(|_| cgroup::TestCgroup::new()).collect();
         let mut collector =
             ContainerCollector::new(CgroupReader::new(cgroup::hierarchies(), false), "/proc");
-        let found = collector.collect(0).containers.len();
+        let found = collector.collect(0, None).containers.len();
         let rounds = 20;
         let cpu_start = thread_cpu();
         for _ in 0..rounds {
-            std::hint::black_box(collector.collect(0));
+            std::hint::black_box(collector.collect(0, None));
         }
         let per_cycle = (thread_cpu() - cpu_start) / rounds;
         println!(

@@ -270,7 +270,7 @@ fn container_collector_over_fixtures_reports_availability_and_state_changes() {
     // A /proc capture: diskstats names the devices; it has no container pids.
     let proc_root = root.join("../proc/real");
     let mut collector = ContainerCollector::new(CgroupReader::new(v2_host(&root), true), proc_root);
-    let first = collector.collect(100);
+    let first = collector.collect(100, None);
     assert_eq!(first.containers.len(), 4);
     assert_eq!(first.changes.len(), 4, "every container appears");
     assert!(
@@ -316,7 +316,7 @@ fn container_collector_over_fixtures_reports_availability_and_state_changes() {
     assert_eq!(podman.memory_usage_bytes, None, "malformed memory.stat");
     assert_eq!(collector.health.error_count, 1);
 
-    let second = collector.collect(101);
+    let second = collector.collect(101, None);
     assert!(second.changes.is_empty(), "nothing changed");
     let docker = second
         .containers

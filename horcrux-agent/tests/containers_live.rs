@@ -20,7 +20,7 @@ const MIB: u64 = 1024 * 1024;
 
 fn collect(cgroup: &TestCgroup, collector: &mut ContainerCollector) -> ContainerMetrics {
     collector
-        .collect(0)
+        .collect(0, None)
         .containers
         .into_iter()
         .find(|container| container.id == cgroup.id)

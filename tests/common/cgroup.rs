@@ -86,6 +86,19 @@ impl TestCgroup {
             .join(file)
     }
 
+    /// The cgroup's path below every hierarchy root, as the agent names it.
+    pub fn relative_path(&self) -> String {
+        format!("docker/{}", self.id)
+    }
+
+    /// Process ids in the cgroup (read from the memory hierarchy).
+    pub fn members(&self) -> Vec<u32> {
+        self.kernel_value("memory", "cgroup.procs")
+            .lines()
+            .filter_map(|line| line.trim().parse().ok())
+            .collect()
+    }
+
     pub fn kernel_value(&self, controller: &str, file: &str) -> String {
         std::fs::read_to_string(self.controller_file(controller, file)).expect("kernel file")
     }
@@ -130,6 +143,19 @@ impl Drop for TestCgroup {
         for child in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        // Workloads may have started processes of their own: end every member.
+        for dir in &self.dirs {
+            let members = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            for pid in members
+                .lines()
+                .filter_map(|line| line.trim().parse::<i32>().ok())
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
         }
         for namespace in &self.namespaces {
             let _ = Command::new("ip")

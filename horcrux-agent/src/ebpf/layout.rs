@@ -293,3 +293,173 @@ impl KernelBtf {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn kernel_btf() -> Option<KernelBtf> {
+        if !Path::new(VMLINUX_BTF).exists() {
+            eprintln!("SKIPPED: {VMLINUX_BTF} is missing (kernel built without BTF)");
+            return None;
+        }
+        Some(KernelBtf::from_file(VMLINUX_BTF.as_ref()).expect("this kernel's BTF parses"))
+    }
+
+    /// Member bit offsets and enumerator values as bpftool reads them, an
+    /// independent BTF reader: (type, member) → value.
+    fn bpftool_dump() -> Option<HashMap<(String, String), u64>> {
+        let output = std::process::Command::new("bpftool")
+            .args(["btf", "dump", "file", VMLINUX_BTF, "format", "raw"])
+            .output()
+            .ok()
+            .filter(|output| output.status.success());
+        let Some(output) = output else {
+            eprintln!(
+                "SKIPPED the bpftool comparison: bpftool is not installed (cargo xtask setup)"
+            );
+            return None;
+        };
+        let mut values = HashMap::new();
+        let mut current: Option<String> = None;
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            if let Some(member) = line.strip_prefix('\t') {
+                let Some(ty) = &current else { continue };
+                let mut parts = member.split_whitespace();
+                let name = parts.next().unwrap_or("").trim_matches('\'').to_owned();
+                let value = parts.find_map(|part| {
+                    part.strip_prefix("bits_offset=")
+                        .or_else(|| part.strip_prefix("val="))
+                        .and_then(|value| value.parse().ok())
+                });
+                if let Some(value) = value {
+                    values.entry((ty.clone(), name)).or_insert(value);
+                }
+            } else {
+                // "[12] STRUCT 'task_struct' size=…" or "[7] ENUM 'req_op' …"
+                current = line
+                    .split('\'')
+                    .nth(1)
+                    .filter(|_| line.contains(" STRUCT ") || line.contains(" ENUM "))
+                    .map(str::to_owned);
+            }
+        }
+        Some(values)
+    }
+
+    #[test]
+    fn resolves_this_kernels_layout_as_bpftool_reads_it() {
+        let Some(btf) = kernel_btf() else { return };
+        let mut v1 = KernelLayout::default();
+        btf.resolve_sched(CpuCgroups::V1CpuController, &mut v1)
+            .expect("scheduler layout (v1)");
+        btf.resolve_block(&mut v1).expect("block layout");
+        let mut unified = KernelLayout::default();
+        btf.resolve_sched(CpuCgroups::Unified, &mut unified)
+            .expect("scheduler layout (cgroup2)");
+        assert_eq!(unified.cpu_cgroup.through_css, 0);
+        assert_eq!(v1.cpu_cgroup.through_css, 1);
+
+        let Some(bpftool) = bpftool_dump() else {
+            return;
+        };
+        let bytes = |ty: &str, member: &str| {
+            bpftool
+                .get(&(ty.to_owned(), member.to_owned()))
+                .unwrap_or_else(|| panic!("bpftool has no direct member {ty}.{member}"))
+                / 8
+        };
+        let value = |ty: &str, name: &str| bpftool[&(ty.to_owned(), name.to_owned())];
+        for (ty, member, resolved) in [
+            ("task_struct", "pid", v1.task_pid),
+            ("task_struct", "cgroups", v1.task_cgroups),
+            ("cgroup_subsys_state", "cgroup", v1.css_cgroup),
+            ("cgroup", "kn", v1.cgroup_kn),
+            ("kernfs_node", "id", v1.kernfs_node_id),
+            ("css_set", "dfl_cgrp", unified.cpu_cgroup.css_set_offset),
+            ("request", "q", v1.request_q),
+            ("request", "bio", v1.request_bio),
+            ("request", "cmd_flags", v1.request_cmd_flags),
+            ("request", "__data_len", v1.request_data_len),
+            ("request_queue", "disk", v1.request_queue_disk),
+            ("gendisk", "major", v1.gendisk_major),
+            ("gendisk", "first_minor", v1.gendisk_first_minor),
+            ("bio", "bi_blkg", v1.bio_blkg),
+            ("blkcg_gq", "blkcg", v1.blkg_blkcg),
+            ("blkcg", "css", v1.blkcg_css),
+        ] {
+            assert_eq!(resolved, bytes(ty, member), "{ty}.{member}");
+        }
+        let subsys = bytes("css_set", "subsys");
+        assert_eq!(
+            v1.cpu_cgroup.css_set_offset,
+            subsys + 8 * value("cgroup_subsys_id", "cpu_cgrp_id")
+        );
+        assert_eq!(
+            v1.io_cgroup.css_set_offset,
+            subsys + 8 * value("cgroup_subsys_id", "io_cgrp_id")
+        );
+        for (name, resolved) in [
+            ("REQ_OP_READ", v1.op_read),
+            ("REQ_OP_WRITE", v1.op_write),
+            ("REQ_OP_FLUSH", v1.op_flush),
+            ("REQ_OP_DISCARD", v1.op_discard),
+        ] {
+            assert_eq!(u64::from(resolved), value("req_op", name), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_missing_or_changed_member_is_a_clear_error() {
+        let Some(btf) = kernel_btf() else { return };
+        let message = |result: Result<u64, LayoutError>| result.unwrap_err().to_string();
+        assert_eq!(
+            message(btf.member("task_struct", "no_such_member", 4))
+                .split(" (")
+                .next(),
+            Some("`task_struct.no_such_member` is not in the kernel's BTF")
+        );
+        assert_eq!(
+            message(btf.member("task_struct", "pid", 8)),
+            "`task_struct.pid` is 4 bytes, expected 8"
+        );
+        assert_eq!(
+            message(btf.member("no_such_struct", "x", 4)),
+            "type `no_such_struct` is not in the kernel's BTF"
+        );
+        assert_eq!(
+            btf.enum_value("req_op", "REQ_OP_NOPE")
+                .unwrap_err()
+                .to_string(),
+            "enum `req_op` has no value `REQ_OP_NOPE`"
+        );
+        assert_eq!(
+            btf.tracepoint_arguments("sched_switch").unwrap(),
+            ["bool", "task_struct *", "task_struct *", "unsigned int"]
+        );
+        let error = btf
+            .expect_arguments("sched_switch", &["task_struct *"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("tracepoint `sched_switch` does not have the arguments"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn malformed_btf_is_an_error_not_a_panic() {
+        assert!(KernelBtf::parse(Vec::new()).is_err());
+        assert!(KernelBtf::parse(vec![0x9f, 0xeb, 1, 0, 24, 0, 0, 0]).is_err());
+        let Ok(real) = std::fs::read(VMLINUX_BTF) else {
+            eprintln!("SKIPPED the truncation cases: no kernel BTF");
+            return;
+        };
+        // Cut in the header, the type section and the string section.
+        for length in [4, 23, 24, 100, real.len() / 3, real.len() - 1] {
+            let _ = KernelBtf::parse(real[..length].to_vec());
+        }
+    }
+}

@@ -1,0 +1,583 @@
+//! The eBPF programs, loaded into this kernel, against the kernel's own counters
+//! (root: CAP_BPF, CAP_PERFMON, and creating cgroups). Workloads run in cgroups the
+//! test creates in every hierarchy of this host, each beside an idle sibling.
+//!
+//! Attribution is checked both as this (hybrid) host is read — CPU in the v1 cpu
+//! hierarchy, block I/O in v1 blkio — and as a pure cgroup2 host would be: the same
+//! kernel, with the programs told to charge CPU to each task's cgroup2 directory.
+
+#[path = "../../tests/common/cgroup.rs"]
+mod cgroup;
+
+use std::{collections::BTreeMap, os::unix::fs::MetadataExt, time::Duration};
+
+use cgroup::{TestCgroup, hierarchies, serial, skip_unless_root, wait_for};
+use horcrux_agent::{
+    cgroup::Hierarchies,
+    ebpf::{EbpfPrograms, ProgramState, counters::DeviceOpCounters},
+};
+use horcrux_common::{
+    BLOCK_OP_DISCARD, BLOCK_OP_FLUSH, BLOCK_OP_READ, BLOCK_OP_WRITE, SchedCounters,
+};
+
+const MIB: u64 = 1 << 20;
+
+fn skip(test: &str) -> bool {
+    if skip_unless_root(test) {
+        return true;
+    }
+    if !EbpfPrograms::embedded() {
+        panic!("the agent was built without eBPF programs: run `cargo xtask setup` and rebuild");
+    }
+    false
+}
+
+/// Loads the programs and checks that every one attached.
+fn load(hierarchies: &Hierarchies) -> EbpfPrograms {
+    let programs = EbpfPrograms::load(hierarchies);
+    for program in programs.status().programs {
+        assert_eq!(
+            program.state,
+            ProgramState::Attached,
+            "{}: {:?}",
+            program.name,
+            program.error
+        );
+    }
+    programs
+}
+
+/// This kernel as a pure cgroup2 host would be read: no v1 controller hierarchy.
+fn unified_view() -> Hierarchies {
+    let host = hierarchies();
+    Hierarchies {
+        unified: host.unified,
+        unified_controllers: Vec::new(),
+        v1: BTreeMap::new(),
+    }
+}
+
+fn sched_of(programs: &mut EbpfPrograms, cgroup: &TestCgroup) -> SchedCounters {
+    let (counters, errors) = programs.read();
+    assert!(errors.is_empty(), "{errors:?}");
+    counters
+        .sched
+        .expect("scheduler family attached")
+        .by_cgroup
+        .get(&cgroup.relative_path())
+        .copied()
+        .unwrap_or(SchedCounters::ZERO)
+}
+
+fn block_of(programs: &mut EbpfPrograms, cgroup: &TestCgroup) -> Vec<DeviceOpCounters> {
+    let (counters, errors) = programs.read();
+    assert!(errors.is_empty(), "{errors:?}");
+    counters
+        .block
+        .expect("block family attached")
+        .by_cgroup
+        .get(&cgroup.relative_path())
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// (bytes, completed requests) of one operation class.
+fn op_totals(entries: &[DeviceOpCounters], op: u32) -> (u64, u64) {
+    entries
+        .iter()
+        .filter(|entry| entry.op == op)
+        .fold((0, 0), |(bytes, count), entry| {
+            (
+                bytes + entry.counters.bytes,
+                count + entry.counters.latency.count(),
+            )
+        })
+}
+
+/// `/proc/<pid>/schedstat`: (on-CPU ns, run-queue wait ns, times run).
+fn schedstat(pid: u32) -> (u64, u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).expect("schedstat");
+    let fields: Vec<u64> = text
+        .split_whitespace()
+        .filter_map(|field| field.parse().ok())
+        .collect();
+    (fields[0], fields[1], fields[2])
+}
+
+fn within(what: &str, ours: u64, reference: u64, percent: u64) {
+    eprintln!("{what}: eBPF {ours}, reference {reference}");
+    assert!(
+        ours.abs_diff(reference) * 100 <= reference * percent,
+        "{what}: eBPF {ours} vs reference {reference} (more than {percent}% apart)"
+    );
+}
+
+fn stop(pids: &[u32]) {
+    for &pid in pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGSTOP,
+        );
+    }
+    // A stopped task has switched out: its counters are final.
+    wait_for(|| pids.iter().all(|&pid| is_stopped(pid)));
+}
+
+/// The process is in state T (stopped) in `/proc/<pid>/stat`.
+fn is_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('T'))
+    })
+}
+
+/// Two CPU-bound processes pinned to one CPU wait for each other: run-queue latency
+/// in their cgroup matches the kernel's per-task run delay (`schedstat`), on-CPU time
+/// matches the cgroup's own CPU counter, and the idle sibling has no samples.
+fn contention_is_charged_to_its_cgroup(
+    view: &str,
+    hierarchies: &Hierarchies,
+    usage: impl Fn(&TestCgroup) -> u64,
+) {
+    let _serial = serial();
+    let mut programs = load(hierarchies);
+    let mut idle = TestCgroup::new();
+    idle.run("exec sleep 60", "");
+    let mut busy = TestCgroup::new();
+    std::thread::sleep(Duration::from_millis(300));
+    let idle_before = sched_of(&mut programs, &idle);
+
+    let shell = busy.run(
+        "taskset -c 0 sh -c 'while :; do :; done' & taskset -c 0 sh -c 'while :; do :; done' & wait",
+        "",
+    );
+    wait_for(|| busy.members().len() == 3);
+    std::thread::sleep(Duration::from_secs(2));
+    let burners: Vec<u32> = busy
+        .members()
+        .into_iter()
+        .filter(|&pid| pid != shell)
+        .collect();
+    stop(&burners);
+    let (on_cpu, waited, runs) = burners
+        .iter()
+        .map(|&pid| schedstat(pid))
+        .fold((0, 0, 0), |(a, b, c), (on_cpu, waited, runs)| {
+            (a + on_cpu, b + waited, c + runs)
+        });
+    let busy_counters = sched_of(&mut programs, &busy);
+    let idle_after = sched_of(&mut programs, &idle);
+    let cgroup_usage = usage(&busy);
+
+    eprintln!("{view}: {busy_counters:?}");
+    let runq = &busy_counters.runq_latency;
+    assert!(
+        runq.count() >= 100,
+        "{view}: {} run-queue samples",
+        runq.count()
+    );
+    // The shell that started them adds a handful of runs of its own.
+    assert!(
+        runq.count() >= runs,
+        "{view}: {} samples, {runs} runs",
+        runq.count()
+    );
+    within(&format!("{view}: runs"), runq.count(), runs, 5);
+    within(
+        &format!("{view}: run-queue wait ns"),
+        runq.sum_ns,
+        waited,
+        5,
+    );
+    within(
+        &format!("{view}: on-CPU ns vs schedstat"),
+        busy_counters.oncpu_ns,
+        on_cpu,
+        5,
+    );
+    within(
+        &format!("{view}: on-CPU ns vs the cgroup's CPU usage"),
+        busy_counters.oncpu_ns,
+        cgroup_usage,
+        5,
+    );
+    assert!(
+        busy_counters.involuntary_switches >= runs / 2,
+        "{view}: preemptions"
+    );
+    assert_eq!(
+        idle_after.runq_latency.count(),
+        idle_before.runq_latency.count(),
+        "{view}: the idle sibling ran"
+    );
+    assert_eq!(
+        idle_after.oncpu_ns, idle_before.oncpu_ns,
+        "{view}: idle sibling on CPU"
+    );
+}
+
+#[test]
+fn run_queue_contention_in_the_v1_cpu_hierarchy() {
+    if skip("run_queue_contention_in_the_v1_cpu_hierarchy") {
+        return;
+    }
+    let host = hierarchies();
+    if !host.v1.contains_key("cpuacct") {
+        eprintln!("SKIPPED: no v1 cpuacct hierarchy on this host (the cgroup2 test covers it)");
+        return;
+    }
+    contention_is_charged_to_its_cgroup("v1 cpu", &host, |cgroup| {
+        cgroup
+            .kernel_value("cpuacct", "cpuacct.usage")
+            .trim()
+            .parse()
+            .expect("cpuacct.usage")
+    });
+}
+
+#[test]
+fn run_queue_contention_in_the_cgroup2_tree() {
+    if skip("run_queue_contention_in_the_cgroup2_tree") {
+        return;
+    }
+    let view = unified_view();
+    let Some(root) = view.unified.clone() else {
+        eprintln!("SKIPPED: no cgroup2 tree mounted");
+        return;
+    };
+    contention_is_charged_to_its_cgroup("cgroup2", &view, |cgroup| {
+        // cgroup2 keeps CPU usage for every cgroup, cpu controller enabled or not.
+        let stat = std::fs::read_to_string(root.join(cgroup.relative_path()).join("cpu.stat"))
+            .expect("cgroup2 cpu.stat");
+        stat.lines()
+            .find_map(|line| line.strip_prefix("usage_usec "))
+            .and_then(|usec| usec.trim().parse::<u64>().ok())
+            .expect("usage_usec")
+            * 1000
+    });
+}
+
+/// `/proc/<pid>/status` (voluntary, involuntary) context switches.
+fn switches(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|value| value.trim().parse().ok())
+            .expect("switch counter")
+    };
+    (
+        field("voluntary_ctxt_switches:"),
+        field("nonvoluntary_ctxt_switches:"),
+    )
+}
+
+/// Two processes bounce a byte over pipes N times and then stop themselves.
+const PING_PONG: &str = r#"
+import os, signal, sys
+n = int(sys.argv[1])
+to_child, to_parent = os.pipe(), os.pipe()
+child = os.fork()
+for _ in range(n):
+    if child == 0:
+        os.read(to_child[0], 1); os.write(to_parent[1], b"x")
+    else:
+        os.write(to_child[1], b"x"); os.read(to_parent[0], 1)
+os.kill(os.getpid(), signal.SIGSTOP)
+"#;
+
+fn ping_pong_switches(view: &str, hierarchies: &Hierarchies) {
+    const ROUND_TRIPS: u64 = 20_000;
+    let _serial = serial();
+    let mut programs = load(hierarchies);
+    let mut cgroup = TestCgroup::new();
+    cgroup.run(
+        &format!("exec python3 -c \"$PROGRAM\" {ROUND_TRIPS}"),
+        PING_PONG,
+    );
+    wait_for(|| cgroup.members().len() == 2);
+    let pids = cgroup.members();
+    // Both stop themselves once done (a second or so; a minute at most on a busy host).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !pids.iter().all(|&pid| is_stopped(pid)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop(&pids);
+    let (voluntary, involuntary) = pids
+        .iter()
+        .map(|&pid| switches(pid))
+        .fold((0, 0), |(v, i), (pv, pi)| (v + pv, i + pi));
+    let ours = sched_of(&mut programs, &cgroup);
+    eprintln!("{view}: /proc says {voluntary} voluntary, {involuntary} involuntary; eBPF {ours:?}");
+    assert!(
+        ours.voluntary_switches >= 2 * ROUND_TRIPS,
+        "{view}: {} voluntary switches for {ROUND_TRIPS} round trips",
+        ours.voluntary_switches
+    );
+    within(
+        &format!("{view}: voluntary switches"),
+        ours.voluntary_switches,
+        voluntary,
+        5,
+    );
+}
+
+#[test]
+fn pipe_ping_pong_voluntary_switches_in_the_v1_cpu_hierarchy() {
+    if skip("pipe_ping_pong_voluntary_switches_in_the_v1_cpu_hierarchy") {
+        return;
+    }
+    ping_pong_switches("v1 cpu", &hierarchies());
+}
+
+#[test]
+fn pipe_ping_pong_voluntary_switches_in_the_cgroup2_tree() {
+    if skip("pipe_ping_pong_voluntary_switches_in_the_cgroup2_tree") {
+        return;
+    }
+    ping_pong_switches("cgroup2", &unified_view());
+}
+
+/// The block device (major:minor) under a directory of the test's own tree.
+fn test_device() -> (tempfile::TempDir, String) {
+    let dir =
+        tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).expect("temp dir on a real block device");
+    let dev = std::fs::metadata(dir.path()).expect("stat").dev();
+    let device = format!(
+        "{}:{}",
+        nix::sys::stat::major(dev),
+        nix::sys::stat::minor(dev)
+    );
+    (dir, device)
+}
+
+/// Runs `script` in the cgroup and waits until it has finished (it ends in `sleep`).
+fn run_to_completion(cgroup: &mut TestCgroup, script: &str) {
+    let pid = cgroup.run(&format!("{script}; exec sleep 60"), "");
+    wait_for(|| {
+        std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|cmdline| cmdline.starts_with("sleep"))
+    });
+}
+
+/// Sum of the cgroup's v1 blkio `Write` bytes.
+fn kernel_written(cgroup: &TestCgroup) -> u64 {
+    cgroup
+        .kernel_value("blkio", "blkio.throttle.io_service_bytes_recursive")
+        .lines()
+        .filter(|line| line.contains(" Write "))
+        .filter_map(|line| line.split_whitespace().nth(2)?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn direct_io_is_charged_to_the_writing_cgroup() {
+    if skip("direct_io_is_charged_to_the_writing_cgroup") {
+        return;
+    }
+    let _serial = serial();
+    let host = hierarchies();
+    let mut programs = load(&host);
+    let (dir, device) = test_device();
+    let mut idle = TestCgroup::new();
+    idle.run("exec sleep 60", "");
+    let expected = 64 * MIB;
+
+    // Without a throttle rule v1 blkio counts nothing; eBPF counts the bio's blkcg.
+    let mut plain = TestCgroup::new();
+    let file = dir.path().join("plain.bin");
+    run_to_completion(
+        &mut plain,
+        &format!(
+            "dd if=/dev/zero of={0} bs=1M count=64 oflag=direct status=none && \
+             dd if={0} of=/dev/null bs=1M iflag=direct status=none",
+            file.display()
+        ),
+    );
+    let entries = block_of(&mut programs, &plain);
+    let (written, writes) = op_totals(&entries, BLOCK_OP_WRITE);
+    let (read, reads) = op_totals(&entries, BLOCK_OP_READ);
+    within("written without a rule", written, expected, 1);
+    within("read back", read, expected, 1);
+    assert!(
+        writes >= 64 && reads >= 64,
+        "{writes} writes, {reads} reads"
+    );
+    if host.v1.contains_key("blkio") {
+        eprintln!(
+            "v1 blkio without a rule says {} bytes written",
+            kernel_written(&plain)
+        );
+    }
+
+    // With a rule far above what the disk can do, v1 blkio counts too: agree with it.
+    if host.v1.contains_key("blkio") {
+        let mut ruled = TestCgroup::new();
+        if std::fs::write(
+            ruled.controller_file("blkio", "blkio.throttle.write_bps_device"),
+            format!("{device} 100000000000"),
+        )
+        .is_err()
+        {
+            eprintln!("SKIPPED the rule half: {device} takes no blk-throttle rule (a partition?)");
+        } else {
+            let file = dir.path().join("ruled.bin");
+            run_to_completion(
+                &mut ruled,
+                &format!(
+                    "dd if=/dev/zero of={} bs=1M count=64 oflag=direct status=none",
+                    file.display()
+                ),
+            );
+            let (written, _) = op_totals(&block_of(&mut programs, &ruled), BLOCK_OP_WRITE);
+            within("written with a rule", written, expected, 1);
+            within(
+                "vs the kernel's blkio counter",
+                written,
+                kernel_written(&ruled),
+                1,
+            );
+        }
+    }
+    let idle_entries = block_of(&mut programs, &idle);
+    let (idle_bytes, _) = op_totals(&idle_entries, BLOCK_OP_WRITE);
+    assert!(idle_bytes < MIB, "idle sibling wrote {idle_bytes} bytes");
+}
+
+/// Completed requests per class on the whole disk in `/proc/diskstats`:
+/// ([reads, writes, discards, flushes], [sectors read, written, discarded]).
+fn diskstats(disk: (u32, u32)) -> ([u64; 4], [u64; 3]) {
+    let text = std::fs::read_to_string("/proc/diskstats").expect("diskstats");
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() >= 20 && fields[0].parse() == Ok(disk.0) && fields[1].parse() == Ok(disk.1)
+        {
+            let field = |index: usize| fields[index].parse::<u64>().expect("diskstats number");
+            return (
+                [field(3), field(7), field(14), field(18)],
+                [field(5), field(9), field(16)],
+            );
+        }
+    }
+    panic!("disk {disk:?} not in /proc/diskstats (or no discard/flush fields)");
+}
+
+/// The whole disk holding a directory (a partition's parent).
+fn whole_disk(dir: &std::path::Path) -> (u32, u32) {
+    let dev = std::fs::metadata(dir).expect("stat").dev();
+    let (major, minor) = (
+        nix::sys::stat::major(dev) as u32,
+        nix::sys::stat::minor(dev) as u32,
+    );
+    let sys = std::path::PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
+    if sys.join("partition").exists() {
+        let parent = std::fs::read_to_string(sys.join("../dev")).expect("parent disk");
+        let (major, minor) = parent.trim().split_once(':').expect("major:minor");
+        return (major.parse().expect("major"), minor.parse().expect("minor"));
+    }
+    (major, minor)
+}
+
+/// The node's eBPF totals for a disk: ([requests per class as in [`diskstats`]],
+/// [bytes read, written, discarded]).
+fn node_ops(programs: &mut EbpfPrograms, disk: (u32, u32)) -> ([u64; 4], [u64; 3]) {
+    let (counters, errors) = programs.read();
+    assert!(errors.is_empty(), "{errors:?}");
+    let total = counters.block.expect("block family attached").total;
+    let device = (disk.0 << 20) | disk.1;
+    let of_disk: Vec<DeviceOpCounters> = total
+        .into_iter()
+        .filter(|entry| entry.device == device)
+        .collect();
+    let requests = [
+        BLOCK_OP_READ,
+        BLOCK_OP_WRITE,
+        BLOCK_OP_DISCARD,
+        BLOCK_OP_FLUSH,
+    ]
+    .map(|op| op_totals(&of_disk, op).1);
+    let bytes =
+        [BLOCK_OP_READ, BLOCK_OP_WRITE, BLOCK_OP_DISCARD].map(|op| op_totals(&of_disk, op).0);
+    (requests, bytes)
+}
+
+#[test]
+fn request_classes_match_the_disks_own_counters() {
+    if skip("request_classes_match_the_disks_own_counters") {
+        return;
+    }
+    let _serial = serial();
+    let mut programs = load(&hierarchies());
+    let (dir, _) = test_device();
+    let disk = whole_disk(dir.path());
+    let sync = || {
+        std::process::Command::new("sync").status().expect("sync");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    sync();
+    let ((ours_before, ours_bytes_before), (kernel_before, kernel_sectors_before)) =
+        (node_ops(&mut programs, disk), diskstats(disk));
+    // Writes with fsync (flushes on a write-back cache), O_DIRECT reads, then a
+    // truncate: ext4 mounted with `discard` discards the freed blocks at commit.
+    let file = dir.path().join("classes.bin");
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "for i in 1 2 3 4 5 6 7 8; do dd if=/dev/urandom of={0} bs=1M count=4 seek=$((i*4)) conv=notrunc,fsync status=none; done; \
+             dd if={0} of=/dev/null bs=1M iflag=direct status=none; : > {0}; sync",
+            file.display()
+        ))
+        .status()
+        .expect("workload");
+    assert!(status.success());
+    sync();
+    let ((ours_after, ours_bytes_after), (kernel_after, kernel_sectors_after)) =
+        (node_ops(&mut programs, disk), diskstats(disk));
+    let delta = |after: &[u64; 4], before: &[u64; 4], index: usize| after[index] - before[index];
+    let mut mismatches = Vec::new();
+    for (index, class) in ["reads", "writes", "discards", "flushes"]
+        .iter()
+        .enumerate()
+    {
+        let ours = delta(&ours_after, &ours_before, index);
+        let kernel = delta(&kernel_after, &kernel_before, index);
+        eprintln!("{class}: eBPF {ours}, /proc/diskstats {kernel}");
+        // An empty flush (`blkdev_issue_flush`: a write with PREFLUSH and no data)
+        // reaches the driver as a flush request; diskstats counts it as a flush and
+        // also as a 0-byte write, eBPF once, as the flush it is.
+        let allowance = if *class == "writes" {
+            delta(&kernel_after, &kernel_before, 3)
+        } else {
+            0
+        };
+        // Requests in flight at either edge may land on one side only.
+        if ours + allowance + 2 + kernel / 50 < kernel || ours > kernel + 2 + kernel / 50 {
+            mismatches.push(format!("{class}: eBPF {ours} vs /proc/diskstats {kernel}"));
+        }
+    }
+    for (index, class) in ["read bytes", "written bytes", "discarded bytes"]
+        .iter()
+        .enumerate()
+    {
+        let ours = ours_bytes_after[index] - ours_bytes_before[index];
+        let kernel = (kernel_sectors_after[index] - kernel_sectors_before[index]) * 512;
+        eprintln!("{class}: eBPF {ours}, /proc/diskstats {kernel}");
+        if ours.abs_diff(kernel) > kernel / 50 + 64 * 1024 {
+            mismatches.push(format!("{class}: eBPF {ours} vs /proc/diskstats {kernel}"));
+        }
+    }
+    assert!(mismatches.is_empty(), "{mismatches:?}");
+    let discards = kernel_after[2] - kernel_before[2];
+    let mounted_with_discard = std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|text| {
+        text.lines()
+            .any(|line| line.split_whitespace().nth(4) == Some("/") && line.contains("discard"))
+    });
+    if mounted_with_discard {
+        assert!(
+            discards > 0,
+            "truncating on a discard mount issued no discard"
+        );
+    }
+}
