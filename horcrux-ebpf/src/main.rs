@@ -14,7 +14,7 @@
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::{bpf_get_current_task_btf, bpf_ktime_get_ns},
     macros::{btf_tracepoint, map},
     maps::{HashMap, PerCpuArray, PerCpuHashMap},
     programs::BtfTracePointContext,
@@ -105,14 +105,22 @@ static EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_SLOTS, 0);
 
 const EEXIST: i32 = 17;
 
-/// Reads a `T` at `base + offset` in kernel memory; `None` for a null base or a fault.
+/// Reads a `T` at `base + offset` through a pointer whose type the verifier knows
+/// from BTF (a tp_btf argument, or a pointer loaded through one). The verifier
+/// checks the offset and size against that type (the offsets are constants to it:
+/// they come from the frozen, read-only `LAYOUT`) and makes the load fault-safe,
+/// so no helper call is needed: a NULL or stale pointer reads as 0.
 #[inline(always)]
-fn read<T>(base: u64, offset: u64) -> Option<T> {
-    if base == 0 {
-        return None;
-    }
-    // SAFETY: bpf_probe_read_kernel copes with any address; it fails, never faults.
-    unsafe { bpf_probe_read_kernel((base + offset) as *const T).ok() }
+fn read<T: Copy>(base: u64, offset: u64) -> T {
+    // SAFETY: see above: the kernel guards the load.
+    unsafe { core::ptr::read_volatile((base + offset) as *const T) }
+}
+
+/// A pointer member; `None` when NULL.
+#[inline(always)]
+fn pointer(base: u64, offset: u64) -> Option<u64> {
+    let value: u64 = read(base, offset);
+    (value != 0).then_some(value)
 }
 
 /// Counts an event; returns true the first time on this CPU, to log it once.
@@ -133,17 +141,18 @@ fn count_event(slot: u32) -> bool {
 /// The kernfs id (= inode number) of a cgroup.
 #[inline(always)]
 fn cgroup_kernfs_id(cgroup: u64) -> Option<u64> {
-    let kernfs_node: u64 = read(cgroup, layout!(cgroup_kn))?;
-    read(kernfs_node, layout!(kernfs_node_id))
+    let kernfs_node = pointer(cgroup, layout!(cgroup_kn))?;
+    let id: u64 = read(kernfs_node, layout!(kernfs_node_id));
+    (id != 0).then_some(id)
 }
 
 /// The kernfs id of a task's cgroup, reached along `path` from its `css_set`.
 #[inline(always)]
 fn task_cgroup_id(task: u64, css_set_offset: u64, through_css: u64) -> Option<u64> {
-    let css_set: u64 = read(task, layout!(task_cgroups))?;
-    let mut cgroup: u64 = read(css_set, css_set_offset)?;
+    let css_set = pointer(task, layout!(task_cgroups))?;
+    let mut cgroup = pointer(css_set, css_set_offset)?;
     if through_css != 0 {
-        cgroup = read(cgroup, layout!(css_cgroup))?;
+        cgroup = pointer(cgroup, layout!(css_cgroup))?;
     }
     cgroup_kernfs_id(cgroup)
 }
@@ -215,11 +224,14 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
     let running = unsafe { &mut *running };
 
     // The task switched out: 0 is the idle task (or nothing seen yet on this CPU).
-    if running.cgroup_id != 0 {
+    let prev_cgroup = running.cgroup_id;
+    let mut prev_counters = None;
+    if prev_cgroup != 0 {
         // As the scheduler decides: a task that was not preempted and whose state is
         // not TASK_RUNNING (0) blocked (voluntary); otherwise it stays runnable.
         let still_runnable = preempt & 0xff != 0 || prev_state as u32 == 0;
-        if let Some(counters) = sched_counters(&ctx, running.cgroup_id) {
+        prev_counters = sched_counters(&ctx, prev_cgroup);
+        if let Some(counters) = &mut prev_counters {
             counters.oncpu_ns += now.saturating_sub(running.since_ns);
             if still_runnable {
                 counters.involuntary_switches += 1;
@@ -235,7 +247,7 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
     // The task switched in.
     running.since_ns = now;
     running.cgroup_id = 0;
-    let pid: i32 = read(next, layout!(task_pid)).unwrap_or(0);
+    let pid: i32 = read(next, layout!(task_pid));
     if pid == 0 {
         return 0;
     }
@@ -251,7 +263,13 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
     // SAFETY: the value is copied out before the entry is removed.
     if let Some(since) = unsafe { RUNNABLE_SINCE.get(next) }.copied() {
         let _ = RUNNABLE_SINCE.remove(next);
-        if let Some(counters) = sched_counters(&ctx, cgroup_id) {
+        // Switching between two tasks of one cgroup: one map lookup serves both.
+        let counters = if cgroup_id == prev_cgroup {
+            prev_counters
+        } else {
+            sched_counters(&ctx, cgroup_id)
+        };
+        if let Some(counters) = counters {
             counters.runq_latency.observe(now.saturating_sub(since));
         }
     }
@@ -262,15 +280,15 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
 /// charges it, or the submitting task's when the request carries none (flushes).
 #[inline(always)]
 fn request_cgroup_id(request: u64) -> Option<u64> {
-    let bio: u64 = read(request, layout!(request_bio)).unwrap_or(0);
-    let blkg: u64 = read(bio, layout!(bio_blkg)).unwrap_or(0);
-    if let Some(blkcg) = read::<u64>(blkg, layout!(blkg_blkcg))
-        && let Some(cgroup) = read::<u64>(blkcg + layout!(blkcg_css), layout!(css_cgroup))
-    {
+    let cgroup = pointer(request, layout!(request_bio))
+        .and_then(|bio| pointer(bio, layout!(bio_blkg)))
+        .and_then(|blkg| pointer(blkg, layout!(blkg_blkcg)))
+        .and_then(|blkcg| pointer(blkcg + layout!(blkcg_css), layout!(css_cgroup)));
+    if let Some(cgroup) = cgroup {
         return cgroup_kernfs_id(cgroup);
     }
-    // SAFETY: a helper without preconditions.
-    let task = unsafe { bpf_get_current_task() };
+    // SAFETY: a helper without preconditions; the result is BTF-typed like the arguments.
+    let task = unsafe { bpf_get_current_task_btf() } as u64;
     task_cgroup_id(
         task,
         layout!(io_cgroup.css_set_offset),
@@ -323,23 +341,16 @@ pub fn block_rq_issue(ctx: BtfTracePointContext) -> u32 {
     let request: u64 = ctx.arg(0);
     // SAFETY: a helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let (Some(cmd_flags), Some(bytes), Some(disk)) = (
-        read::<u32>(request, layout!(request_cmd_flags)),
-        read::<u32>(request, layout!(request_data_len)),
-        read::<u64>(request, layout!(request_q))
-            .and_then(|queue| read::<u64>(queue, layout!(request_queue_disk))),
-    ) else {
+    let cmd_flags: u32 = read(request, layout!(request_cmd_flags));
+    let bytes: u32 = read(request, layout!(request_data_len));
+    let disk = pointer(request, layout!(request_q))
+        .and_then(|queue| pointer(queue, layout!(request_queue_disk)));
+    let (Some(disk), Some(cgroup_id)) = (disk, request_cgroup_id(request)) else {
         count_event(EVENT_READ_FAILED);
         return 0;
     };
-    let (Some(major), Some(minor), Some(cgroup_id)) = (
-        read::<u32>(disk, layout!(gendisk_major)),
-        read::<u32>(disk, layout!(gendisk_first_minor)),
-        request_cgroup_id(request),
-    ) else {
-        count_event(EVENT_READ_FAILED);
-        return 0;
-    };
+    let major: u32 = read(disk, layout!(gendisk_major));
+    let minor: u32 = read(disk, layout!(gendisk_first_minor));
     let in_flight = InFlightRequest {
         key: BlockKey {
             cgroup_id,

@@ -1,9 +1,11 @@
-//! Developer tasks: `cargo xtask <setup|build-ebpf|build|run|test|bench>`.
+//! Developer tasks: `cargo xtask <setup|build-ebpf|build|run|test|bench|bench-ebpf>`.
 //!
 //! `setup` makes a fresh machine able to build and test Horcrux: the nightly
 //! toolchain's `rust-src`, `bpf-linker` built against that toolchain's own libLLVM,
 //! and the Debian packages the tests compare against. Every step checks first, so
 //! running it again costs a few seconds.
+
+mod bench_ebpf;
 
 use std::{
     env,
@@ -16,8 +18,11 @@ use std::{
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// What the tests run or compare against: `free`/`uptime` (procps), `ip` (iproute2),
 /// `df` (coreutils), real container runtimes and a busybox-static image root,
-/// Prometheus and promtool, Chromium and chromedriver for the dashboard test.
+/// Prometheus and promtool, Chromium and chromedriver for the dashboard test,
+/// bpftool (an independent BTF reader) and taskset (util-linux) for the eBPF tests.
 const TEST_PACKAGES: &[&str] = &[
+    "bpftool",
+    "util-linux",
     "procps",
     "iproute2",
     "coreutils",
@@ -32,6 +37,9 @@ const TEST_PACKAGES: &[&str] = &[
     "chromium-driver",
     "curl",
 ];
+/// What the eBPF overhead benchmark runs: perf (sched pipe), fio, hackbench
+/// (rt-tests) and the libbpf-tools references (runqlat, biolatency).
+const BENCH_PACKAGES: &[&str] = &["linux-perf", "fio", "rt-tests", "libbpf-tools", "curl"];
 /// Debian's hook that lets the installer start services; "101" forbids it. The tests
 /// start the daemons they need themselves, privately, and stop them.
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
@@ -51,6 +59,10 @@ fn main() -> ExitCode {
         "run" => ensure_toolchain().and_then(|()| run(&rest)),
         "test" => setup().and_then(|()| test(&rest)),
         "bench" => setup().and_then(|()| cargo(&["bench", "-p", "horcrux-agent"])),
+        "bench-ebpf" => setup()
+            .and_then(|()| ensure_packages(BENCH_PACKAGES))
+            .and_then(|()| cargo(&["build", "--release", "-p", "horcrux-agent"]))
+            .and_then(|()| bench_ebpf::run()),
         _ => Err(usage()),
     };
     match outcome {
@@ -69,7 +81,8 @@ fn usage() -> String {
      \x20 build        build the agent (release), eBPF programs embedded\n\
      \x20 run [-- ARGS] build and run the agent as root (via sudo when not root)\n\
      \x20 test         formatting, clippy and every test (unit, fixture, live, end-to-end, eBPF)\n\
-     \x20 bench        collection-cycle benchmark"
+     \x20 bench        collection-cycle benchmark\n\
+     \x20 bench-ebpf   overhead of the eBPF programs vs detached and vs libbpf-tools (root)"
         .into()
 }
 
@@ -127,7 +140,7 @@ fn nightly(tool: &str) -> Command {
 /// Everything the tests need: the eBPF toolchain and the Debian packages.
 fn setup() -> Result {
     ensure_toolchain()?;
-    ensure_packages()
+    ensure_packages(TEST_PACKAGES)
 }
 
 /// What building the agent with its eBPF programs needs.
@@ -216,8 +229,8 @@ fn ensure_bpf_linker() -> Result {
     )
 }
 
-fn ensure_packages() -> Result {
-    let missing: Vec<&str> = TEST_PACKAGES
+fn ensure_packages(packages: &[&str]) -> Result {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|package| {
