@@ -212,3 +212,30 @@ async fn programs_attach_without_tracefs_and_report_per_container() {
         "the container's written bytes by operation"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_privileges_each_program_says_why_and_the_rest_runs() {
+    if skip_unless_root("without_privileges_each_program_says_why_and_the_rest_runs") {
+        return;
+    }
+    let agent = Agent::start_unprivileged("");
+    let status = agent.wait_for_cycles(2).await;
+    let ebpf = &status["ebpf"];
+    assert_eq!(ebpf["attached_programs"], 0, "{ebpf}");
+    for program in ebpf["programs"].as_array().expect("programs") {
+        assert_eq!(program["state"], "failed", "{program}");
+        let error = program["error"].as_str().expect("a reason");
+        assert!(
+            error.contains("ermi"),
+            "names the missing permission: {error}"
+        );
+    }
+    let (status, node) = agent.get("/api/monitoring/node/metrics").await;
+    assert_eq!(status, 200);
+    assert!(node["cpu_usage"].is_number() && node["memory"]["total_bytes"].is_u64());
+    assert_eq!(
+        node["ebpf"],
+        Value::Null,
+        "no eBPF figures without the programs"
+    );
+}

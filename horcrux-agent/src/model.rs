@@ -634,7 +634,7 @@ impl BlkioTotals {
         };
         *bytes += counters.bytes;
         *op_count += ops;
-        self.in_flight += counters.in_flight();
+        self.in_flight += entry.in_flight;
     }
 }
 
@@ -721,21 +721,16 @@ pub struct IntervalP99 {
 impl IntervalP99 {
     pub fn observe(&mut self, histogram: &LatencyHistogram) -> Option<u64> {
         let previous = self.previous.replace(histogram.slots)?;
-        let delta: Vec<u64> = histogram
-            .slots
-            .iter()
-            .zip(previous)
-            .map(|(now, before)| now.saturating_sub(before))
-            .collect();
-        let total: u64 = delta.iter().sum();
+        let delta = |slot: usize| histogram.slots[slot].saturating_sub(previous[slot]);
+        let total: u64 = (0..LATENCY_BUCKETS).map(delta).sum();
         if total == 0 {
             return None;
         }
         // The smallest bucket holding at least 99% of the interval's observations.
         let wanted = total - total / 100;
         let mut cumulative = 0;
-        delta.iter().enumerate().find_map(|(slot, count)| {
-            cumulative += count;
+        (0..LATENCY_BUCKETS).find_map(|slot| {
+            cumulative += delta(slot);
             (cumulative >= wanted)
                 .then(|| slot_bound_micros(slot))
                 .flatten()
@@ -774,5 +769,95 @@ impl EbpfMetrics {
                 BlkioMetrics::new(entries, device_names, p99)
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use horcrux_common::{BLOCK_OP_FLUSH, BlockCounters};
+
+    use super::*;
+
+    fn histogram(latencies_ns: &[u64]) -> LatencyHistogram {
+        let mut histogram = LatencyHistogram::ZERO;
+        latencies_ns.iter().for_each(|ns| histogram.observe(*ns));
+        histogram
+    }
+
+    #[test]
+    fn histogram_json_is_cumulative_with_le_bounds() {
+        // 1 µs, exactly 2 µs, 2.001 µs, and one beyond the last bound (+Inf only).
+        let json = Histogram::from(&histogram(&[1000, 2000, 2001, 100_000_000_000]));
+        assert_eq!(json.unit, "us");
+        assert_eq!(json.count, 4);
+        assert_eq!(json.buckets.len(), LATENCY_BUCKETS - 1);
+        assert_eq!(json.buckets[0], HistogramBucket { le: 1, count: 1 });
+        assert_eq!(json.buckets[1], HistogramBucket { le: 2, count: 2 });
+        assert_eq!(json.buckets[2], HistogramBucket { le: 4, count: 3 });
+        assert_eq!(json.buckets.last().map(|b| b.count), Some(3));
+        assert!((json.sum - 100_000_005.001).abs() < 1e-6);
+    }
+
+    #[test]
+    fn p99_covers_the_last_interval_only() {
+        let mut p99 = IntervalP99::default();
+        let mut cumulative = histogram(&[500; 1000]);
+        assert_eq!(
+            p99.observe(&cumulative),
+            None,
+            "no interval before the first sample"
+        );
+        assert_eq!(p99.observe(&cumulative), None, "no new samples");
+        // 100 new samples: 98 at 3 µs, 2 at 1 ms → the 99th is in the 1024 µs bucket.
+        for _ in 0..98 {
+            cumulative.observe(3000);
+        }
+        cumulative.observe(1_000_000);
+        cumulative.observe(1_000_000);
+        assert_eq!(p99.observe(&cumulative), Some(1024));
+        for _ in 0..100 {
+            cumulative.observe(3000);
+        }
+        assert_eq!(
+            p99.observe(&cumulative),
+            Some(4),
+            "the old slow samples are gone"
+        );
+    }
+
+    #[test]
+    fn block_io_is_grouped_by_disk_and_class() {
+        let entry = |device: u32, op: u32, bytes: u64, latencies: &[u64], in_flight: u64| {
+            DeviceOpCounters {
+                device,
+                op,
+                counters: BlockCounters {
+                    latency: histogram(latencies),
+                    bytes,
+                },
+                in_flight,
+            }
+        };
+        let vda = 254 << 20;
+        let sdb = (8 << 20) | 16;
+        let entries = [
+            entry(vda, BLOCK_OP_READ, 8192, &[1000, 2000], 0),
+            entry(vda, BLOCK_OP_WRITE, 4096, &[5000], 2),
+            entry(sdb, BLOCK_OP_FLUSH, 0, &[100], 0),
+        ];
+        let names = HashMap::from([((254, 0), "vda".to_owned())]);
+        let metrics = BlkioMetrics::new(&entries, &names, None);
+        assert_eq!(metrics.totals.read_bytes, 8192);
+        assert_eq!(metrics.totals.read_ops, 2);
+        assert_eq!(metrics.totals.write_ops, 1);
+        assert_eq!(metrics.totals.flush_ops, 1);
+        assert_eq!(metrics.totals.in_flight, 2);
+        assert_eq!(metrics.latency.count, 4);
+        assert_eq!(metrics.devices.len(), 2);
+        let sdb = &metrics.devices[0];
+        assert_eq!((sdb.major, sdb.minor, sdb.device.as_deref()), (8, 16, None));
+        let vda = &metrics.devices[1];
+        assert_eq!(vda.device.as_deref(), Some("vda"));
+        assert_eq!((vda.totals.read_ops, vda.latency.count), (2, 3));
     }
 }

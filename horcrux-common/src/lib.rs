@@ -127,30 +127,21 @@ pub struct BlockCounters {
     pub latency: LatencyHistogram,
     /// Bytes of the completed requests.
     pub bytes: u64,
-    /// Requests issued to the driver (issued − completed = in flight).
-    pub issued: u64,
 }
 
 impl BlockCounters {
     pub const ZERO: Self = Self {
         latency: LatencyHistogram::ZERO,
         bytes: 0,
-        issued: 0,
     };
 
     pub fn add(&mut self, other: &Self) {
         self.latency.add(&other.latency);
         self.bytes = self.bytes.wrapping_add(other.bytes);
-        self.issued = self.issued.wrapping_add(other.issued);
-    }
-
-    /// Issued and not completed (per-CPU parts may complete on another CPU).
-    pub fn in_flight(&self) -> u64 {
-        self.issued.saturating_sub(self.latency.count())
     }
 }
 
-/// A request between issue and completion.
+/// A request between issue and completion (the agent counts them for in-flight).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct InFlightRequest {
@@ -222,6 +213,7 @@ mod pod {
     unsafe impl aya::Pod for super::SchedCounters {}
     unsafe impl aya::Pod for super::BlockKey {}
     unsafe impl aya::Pod for super::BlockCounters {}
+    unsafe impl aya::Pod for super::InFlightRequest {}
     unsafe impl aya::Pod for super::KernelLayout {}
 }
 

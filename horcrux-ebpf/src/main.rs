@@ -95,7 +95,8 @@ static RUNNING: PerCpuArray<Running> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "BLOCK")]
 static BLOCK: PerCpuHashMap<BlockKey, BlockCounters> = PerCpuHashMap::with_max_entries(8192, 0);
 
-/// Requests issued and not yet completed, by `struct request` address.
+/// Requests issued and not yet completed, by `struct request` address; the agent
+/// counts them by key for the in-flight figures.
 #[map(name = "IN_FLIGHT")]
 static IN_FLIGHT: HashMap<u64, InFlightRequest> = HashMap::with_max_entries(16384, 0);
 
@@ -167,6 +168,10 @@ fn sched_counters(
         // SAFETY: a per-CPU map value, only touched by this CPU with preemption off.
         return Some(unsafe { &mut *counters });
     }
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "a copy would use the stack"
+    )]
     if let Err(error) = SCHED.insert(cgroup_id, &SCHED_ZERO, u64::from(BPF_NOEXIST))
         && error != -EEXIST
     {
@@ -321,6 +326,10 @@ fn block_counters(
         // SAFETY: a per-CPU map value, only touched by this CPU.
         return Some(unsafe { &mut *counters });
     }
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "a copy would use the stack"
+    )]
     if let Err(error) = BLOCK.insert(key, &BLOCK_ZERO, u64::from(BPF_NOEXIST))
         && error != -EEXIST
     {
@@ -360,24 +369,10 @@ pub fn block_rq_issue(ctx: BtfTracePointContext) -> u32 {
         issued_ns: now,
         bytes: u64::from(bytes),
     };
-    match IN_FLIGHT.insert(request, &in_flight, u64::from(BPF_NOEXIST)) {
-        Ok(()) => {
-            if let Some(counters) = block_counters(&ctx, &in_flight.key) {
-                counters.issued += 1;
-            }
-        }
-        // Issued again after a requeue: latency runs from the last issue.
-        Err(error) if error == -EEXIST => {
-            if let Some(entry) = IN_FLIGHT.get_ptr_mut(request) {
-                // SAFETY: a map value; a racing update can only skew one latency.
-                unsafe { (*entry).issued_ns = now };
-            }
-        }
-        Err(_) => {
-            if count_event(EVENT_INFLIGHT_MAP_FULL) {
-                warn!(&ctx, "IN_FLIGHT map full: block requests not timed");
-            }
-        }
+    // One update, overwriting: a requeued request's latency runs from its last issue,
+    // and an entry a missed completion left at this address cannot misattribute it.
+    if IN_FLIGHT.insert(request, in_flight, 0).is_err() && count_event(EVENT_INFLIGHT_MAP_FULL) {
+        warn!(&ctx, "IN_FLIGHT map full: block requests not timed");
     }
     0
 }

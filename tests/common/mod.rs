@@ -22,10 +22,26 @@ pub struct Agent {
 impl Agent {
     /// Starts the agent with `config` as its config file and a 1 s node interval.
     pub fn start(config: &str) -> Agent {
+        Self::spawn(config, None)
+    }
+
+    /// The same as user `nobody` (65534): what an agent without root gets.
+    pub fn start_unprivileged(config: &str) -> Agent {
+        Self::spawn(config, Some(65534))
+    }
+
+    fn spawn(config: &str, user: Option<u32>) -> Agent {
+        use std::os::unix::{fs::PermissionsExt, process::CommandExt};
         let mut file = tempfile::NamedTempFile::new().expect("temp config");
         file.write_all(config.as_bytes()).expect("write config");
         let addr = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_horcrux-agent"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_horcrux-agent"));
+        if let Some(id) = user {
+            std::fs::set_permissions(file.path(), std::fs::Permissions::from_mode(0o644))
+                .expect("config readable by the agent's user");
+            command.uid(id).gid(id);
+        }
+        let child = command
             .arg("--config")
             .arg(file.path())
             .args([

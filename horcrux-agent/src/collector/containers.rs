@@ -3,7 +3,7 @@
 //! appeared, disappeared or changed state.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     path::PathBuf,
     time::Instant,
 };
@@ -98,8 +98,9 @@ impl ContainerCollector {
         self.network_bytes.begin(now);
         let mut namespaces: HashMap<u64, Option<Vec<netdev::NetDevStat>>> = HashMap::new();
         let mut ebpf_shares = ebpf_per_container(ebpf, &discovered);
+        let current: HashSet<&str> = discovered.iter().map(|c| c.id.as_str()).collect();
         self.ebpf_intervals
-            .retain(|id, _| discovered.iter().any(|container| &container.id == id));
+            .retain(|id, _| current.contains(id.as_str()));
         let mut containers = Vec::with_capacity(discovered.len());
         for (container, ebpf_share) in discovered.into_iter().zip(ebpf_shares.drain(..)) {
             // A cgroup removed since discovery is simply gone, not an error.

@@ -5,8 +5,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use aya::maps::{MapData, PerCpuHashMap, PerCpuValues};
-use horcrux_common::{BlockCounters, BlockKey, SchedCounters};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuHashMap, PerCpuValues};
+use horcrux_common::{BlockCounters, BlockKey, InFlightRequest, SchedCounters};
 
 use crate::cgroup::inodes::InodeIndex;
 
@@ -17,6 +17,8 @@ pub struct DeviceOpCounters {
     pub device: u32,
     pub op: u32,
     pub counters: BlockCounters,
+    /// Requests issued to the driver and not completed, at the read.
+    pub in_flight: u64,
 }
 
 impl DeviceOpCounters {
@@ -55,6 +57,10 @@ pub struct CgroupMap<K: aya::Pod, V: aya::Pod> {
 impl<K: aya::Pod, V: aya::Pod> CgroupMap<K, V> {
     pub fn new(map: PerCpuHashMap<MapData, K, V>, index: InodeIndex) -> Self {
         Self { map, index }
+    }
+
+    fn path(&self, cgroup_id: u64) -> Option<&str> {
+        self.index.path(cgroup_id)
     }
 
     /// Every entry, per-CPU values summed, with the path of its cgroup; `None` once
@@ -131,43 +137,64 @@ impl SchedSource {
     }
 }
 
-/// The block map and the counts of cgroups removed since attach, per device and
-/// operation.
+/// The block map, the requests in flight, and the counts of cgroups removed since
+/// attach, per device and operation.
 pub struct BlockSource {
     pub map: CgroupMap<BlockKey, BlockCounters>,
+    pub in_flight: BpfHashMap<MapData, u64, InFlightRequest>,
     pub retired: BTreeMap<(u32, u32), BlockCounters>,
 }
 
 impl BlockSource {
     pub fn read(&mut self) -> Result<FamilyCounters<Vec<DeviceOpCounters>>, String> {
         let entries = self.map.read(|key| key.cgroup_id, sum_block)?;
+        let mut pending: HashMap<BlockKey, u64> = HashMap::new();
+        for entry in self.in_flight.iter() {
+            let (_, request) = entry.map_err(|error| super::chain(&error))?;
+            *pending.entry(request.key).or_default() += 1;
+        }
         let mut by_cgroup: HashMap<String, Vec<DeviceOpCounters>> = HashMap::new();
-        let mut total = self.retired.clone();
-        for (path, key, counters) in entries {
-            let device_op = (key.device, key.op);
-            match path {
-                Some(path) => by_cgroup.entry(path).or_default().push(DeviceOpCounters {
+        let mut total: BTreeMap<(u32, u32), (BlockCounters, u64)> = self
+            .retired
+            .iter()
+            .map(|(device_op, counters)| (*device_op, (*counters, 0)))
+            .collect();
+        let mut add = |path: Option<String>, key: BlockKey, counters: BlockCounters, in_flight| {
+            let (sum, pending) = total
+                .entry((key.device, key.op))
+                .or_insert((BlockCounters::ZERO, 0));
+            sum.add(&counters);
+            *pending += in_flight;
+            if let Some(path) = path {
+                by_cgroup.entry(path).or_default().push(DeviceOpCounters {
                     device: key.device,
                     op: key.op,
                     counters,
-                }),
-                None => self
-                    .retired
-                    .entry(device_op)
-                    .or_insert(BlockCounters::ZERO)
-                    .add(&counters),
+                    in_flight,
+                });
             }
-            total
-                .entry(device_op)
-                .or_insert(BlockCounters::ZERO)
-                .add(&counters);
+        };
+        for (path, key, counters) in entries {
+            if path.is_none() {
+                self.retired
+                    .entry((key.device, key.op))
+                    .or_insert(BlockCounters::ZERO)
+                    .add(&counters);
+            }
+            add(path, key, counters, pending.remove(&key).unwrap_or(0));
+        }
+        // Requests of a cgroup with nothing completed yet.
+        for (key, in_flight) in pending {
+            let path = self.map.path(key.cgroup_id).map(str::to_owned);
+            add(path, key, BlockCounters::ZERO, in_flight);
         }
         let total = total
             .into_iter()
-            .map(|((device, op), counters)| DeviceOpCounters {
+            .map(|((device, op), (counters, in_flight))| DeviceOpCounters {
                 device,
                 op,
                 counters,
+                in_flight,
             })
             .collect();
         Ok(FamilyCounters { by_cgroup, total })

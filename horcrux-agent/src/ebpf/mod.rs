@@ -216,8 +216,11 @@ impl EbpfPrograms {
             }
             if let (true, Some(root)) = (block_attached, &block_root) {
                 let map = take_per_cpu_hash(&mut ebpf, "BLOCK")?;
+                let in_flight = ebpf.take_map("IN_FLIGHT").ok_or("map IN_FLIGHT missing")?;
                 self.block = Some(BlockSource {
                     map: CgroupMap::new(map, InodeIndex::new(root)),
+                    in_flight: aya::maps::HashMap::try_from(in_flight)
+                        .map_err(|error| format!("map IN_FLIGHT: {}", chain(&error)))?,
                     retired: Default::default(),
                 });
                 self.status.block_cgroups = Some(root.clone());
