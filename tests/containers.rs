@@ -9,32 +9,10 @@ use std::time::{Duration, Instant};
 use common::{
     Agent,
     cgroup::{TestCgroup, skip_unless_root},
+    wait_for_message,
 };
-use futures_util::StreamExt;
 use serde_json::Value;
-use tokio_tungstenite::{connect_async, tungstenite::Message};
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// Reads messages until one satisfies `wanted` (15 s at most).
-async fn wait_for_message(socket: &mut Socket, wanted: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let message = tokio::time::timeout(left, socket.next())
-            .await
-            .expect("the expected WebSocket message within 15 s")
-            .expect("stream open")
-            .expect("valid frame");
-        if let Message::Text(text) = message {
-            let value: Value = serde_json::from_str(&text).expect("JSON");
-            if wanted(&value) {
-                return value;
-            }
-        }
-    }
-}
+use tokio_tungstenite::connect_async;
 
 async fn listed(agent: &Agent, id: &str) -> bool {
     let (_, list) = agent.get("/api/containers").await;

@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use common::{
     Agent,
     cgroup::{TestCgroup, hierarchies, skip_unless_root},
+    wait_for_message,
 };
-use futures_util::StreamExt;
 use serde_json::Value;
-use tokio_tungstenite::{connect_async, tungstenite::Message};
+use tokio_tungstenite::connect_async;
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 const MIB: u64 = 1 << 20;
@@ -95,6 +95,20 @@ async fn programs_attach_without_tracefs_and_report_per_container() {
         );
     }
     assert_eq!(ebpf["attached_programs"], 5);
+
+    // With the kernel's BPF statistics on, each program's runs and run time show.
+    const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+    let stats_before = std::fs::read_to_string(BPF_STATS).expect("bpf_stats_enabled");
+    std::fs::write(BPF_STATS, "1").expect("enable BPF statistics");
+    agent
+        .wait_for_cycles(status["collectors"]["node"]["cycles"].as_u64().unwrap_or(0) + 2)
+        .await;
+    let (_, with_stats) = agent.get("/api/status").await;
+    std::fs::write(BPF_STATS, stats_before.trim()).expect("restore BPF statistics");
+    let switch = &with_stats["ebpf"]["programs"][2];
+    assert_eq!(switch["name"], "sched_switch");
+    assert!(switch["run_count"].as_u64() > Some(0), "{switch}");
+    assert!(switch["run_time_ns"].as_u64() > Some(0), "{switch}");
     assert!(
         ebpf["events"]
             .as_object()
@@ -159,21 +173,10 @@ async fn programs_attach_without_tracefs_and_report_per_container() {
     );
     check_histogram("node runq_latency", &node["ebpf"]["sched"]["runq_latency"]);
 
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let vm_metrics = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let message = tokio::time::timeout(left, socket.next())
-            .await
-            .expect("a VmMetrics message for the container within 15 s")
-            .expect("stream open")
-            .expect("valid frame");
-        if let Message::Text(text) = message {
-            let value: Value = serde_json::from_str(&text).expect("JSON");
-            if value["type"] == "VmMetrics" && value["vm_id"] == id {
-                break value;
-            }
-        }
-    };
+    let vm_metrics = wait_for_message(&mut socket, |message| {
+        message["type"] == "VmMetrics" && message["vm_id"] == id
+    })
+    .await;
     for field in ["runq_latency_p99_us", "block_latency_p99_us"] {
         assert!(
             vm_metrics.get(field).is_some(),

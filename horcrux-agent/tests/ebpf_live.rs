@@ -14,7 +14,10 @@ use std::{collections::BTreeMap, os::unix::fs::MetadataExt, time::Duration};
 use cgroup::{TestCgroup, hierarchies, serial, skip_unless_root, wait_for};
 use horcrux_agent::{
     cgroup::Hierarchies,
-    ebpf::{EbpfPrograms, ProgramState, counters::DeviceOpCounters},
+    ebpf::{
+        EbpfPrograms, ProgramState,
+        counters::{DeviceOpCounters, RECLAIM_EVERY_CYCLES},
+    },
 };
 use horcrux_common::{
     BLOCK_OP_DISCARD, BLOCK_OP_FLUSH, BLOCK_OP_READ, BLOCK_OP_WRITE, SchedCounters,
@@ -598,4 +601,51 @@ fn request_classes_match_the_disks_own_counters() {
             "truncating on a discard mount issued no discard"
         );
     }
+}
+
+#[test]
+fn a_removed_cgroup_is_reclaimed_and_the_node_totals_keep_its_counts() {
+    if skip("a_removed_cgroup_is_reclaimed_and_the_node_totals_keep_its_counts") {
+        return;
+    }
+    let _serial = serial();
+    let mut programs = load(&hierarchies());
+    let mut cgroup = TestCgroup::new();
+    let path = cgroup.relative_path();
+    run_to_completion(
+        &mut cgroup,
+        "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done",
+    );
+    let (before, errors) = programs.read();
+    assert!(errors.is_empty(), "{errors:?}");
+    let before = before.sched.expect("scheduler family attached");
+    let own = before
+        .by_cgroup
+        .get(&path)
+        .copied()
+        .expect("the cgroup's counters");
+    assert!(own.oncpu_ns > 0, "{own:?}");
+
+    drop(cgroup);
+    // Removed cgroups are noticed within RECLAIM_EVERY_CYCLES reads.
+    let mut after = None;
+    for _ in 0..=RECLAIM_EVERY_CYCLES {
+        let (counters, errors) = programs.read();
+        assert!(errors.is_empty(), "{errors:?}");
+        let sched = counters.sched.expect("scheduler family attached");
+        if !sched.by_cgroup.contains_key(&path) {
+            after = Some(sched);
+            break;
+        }
+    }
+    let after = after.expect("the removed cgroup's entry reclaimed");
+    // Its counts moved to the retired total: the node totals never go backwards.
+    assert!(after.total.oncpu_ns >= before.total.oncpu_ns);
+    assert!(after.total.runq_latency.count() >= before.total.runq_latency.count());
+    assert!(after.total.voluntary_switches >= before.total.voluntary_switches);
+    let listed: u64 = after.by_cgroup.values().map(|c| c.oncpu_ns).sum();
+    assert!(
+        after.total.oncpu_ns - listed >= own.oncpu_ns,
+        "the retired share holds the removed cgroup's on-CPU time"
+    );
 }

@@ -13,6 +13,29 @@ use std::{
 
 use serde_json::Value;
 
+pub type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Reads WebSocket messages until one satisfies `wanted` (15 s at most).
+pub async fn wait_for_message(socket: &mut Socket, wanted: impl Fn(&Value) -> bool) -> Value {
+    use futures_util::StreamExt;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let message = tokio::time::timeout(left, socket.next())
+            .await
+            .expect("the expected WebSocket message within 15 s")
+            .expect("stream open")
+            .expect("valid frame");
+        if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
+            let value: Value = serde_json::from_str(&text).expect("JSON");
+            if wanted(&value) {
+                return value;
+            }
+        }
+    }
+}
+
 pub struct Agent {
     child: Child,
     pub addr: SocketAddr,

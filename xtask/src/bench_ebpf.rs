@@ -5,6 +5,8 @@
 //! (`runqlat` for the scheduler workloads, `biolatency` for fio), in that order, so
 //! that drift in this noisy VM spreads over every configuration alike. Medians over
 //! the rounds are reported, with each configuration's ratio to the detached run.
+//! Then, with the kernel's BPF statistics on, each program's run time per
+//! invocation: ours against the reference's, without the workloads' noise.
 
 use std::{
     collections::BTreeMap,
@@ -157,7 +159,68 @@ pub fn run() -> Result {
         );
     }
     println!("\nMedians of {ROUNDS} alternating rounds.");
+    per_invocation(&workloads, &agent)
+}
+
+/// The kernel's own measure of each program (`kernel.bpf_stats_enabled`): run time
+/// per invocation, free of the workloads' run-to-run noise. One run per
+/// configuration of the two workloads each reference watches.
+fn per_invocation(workloads: &[Workload], agent: &Path) -> Result {
+    const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+    let before =
+        std::fs::read_to_string(BPF_STATS).map_err(|error| format!("{BPF_STATS}: {error}"))?;
+    std::fs::write(BPF_STATS, "1").map_err(|error| format!("enabling BPF statistics: {error}"))?;
+    let mut rows = Vec::new();
+    let mut outcome = Ok(());
+    for workload in workloads.iter().take(2) {
+        for configuration in ["horcrux", workload.reference] {
+            let attached = match attach(configuration, agent) {
+                Ok(attached) => attached,
+                Err(error) => {
+                    outcome = Err(error);
+                    break;
+                }
+            };
+            let ran = run_workload(Command::new(&workload.command[0]).args(&workload.command[1..]));
+            let programs = stdout_of(Command::new("bpftool").args(["prog", "show"]));
+            drop(attached);
+            match ran.and(programs) {
+                Ok(programs) => rows.extend(program_stats(&programs).into_iter().map(
+                    |(program, runs, nanos)| (workload.name, configuration, program, runs, nanos),
+                )),
+                Err(error) => outcome = Err(error),
+            }
+        }
+    }
+    let _ = std::fs::write(BPF_STATS, before.trim());
+    outcome?;
+    println!("\n| workload | attached | program | runs | ns per run |");
+    println!("|---|---|---|---|---|");
+    for (workload, configuration, program, runs, nanos) in rows {
+        let per_run = nanos as f64 / runs as f64;
+        println!("| {workload} | {configuration} | {program} | {runs} | {per_run:.0} |");
+    }
     Ok(())
+}
+
+/// (program, runs, run time ns) of the tracing programs that ran, from
+/// `bpftool prog show` ("… name X  tag … run_time_ns N run_cnt M").
+fn program_stats(listing: &str) -> Vec<(String, u64, u64)> {
+    listing
+        .lines()
+        .filter(|line| line.contains(" tracing "))
+        .filter_map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let after = |key: &str| {
+                let position = words.iter().position(|word| *word == key)?;
+                words.get(position + 1).copied()
+            };
+            let runs: u64 = after("run_cnt")?.parse().ok()?;
+            let nanos: u64 = after("run_time_ns")?.parse().ok()?;
+            let name = after("name")?.to_owned();
+            (runs > 0).then_some((name, runs, nanos))
+        })
+        .collect()
 }
 
 /// A program each reference tool loads (names are cut to 15 characters).

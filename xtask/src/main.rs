@@ -37,9 +37,17 @@ const TEST_PACKAGES: &[&str] = &[
     "chromium-driver",
     "curl",
 ];
-/// What the eBPF overhead benchmark runs: perf (sched pipe), fio, hackbench
-/// (rt-tests) and the libbpf-tools references (runqlat, biolatency).
-const BENCH_PACKAGES: &[&str] = &["linux-perf", "fio", "rt-tests", "libbpf-tools", "curl"];
+/// What the benchmarks run: node_exporter (the collection-cost reference); perf
+/// (sched pipe), fio, hackbench (rt-tests) and the libbpf-tools references
+/// (runqlat, biolatency) for the eBPF overhead.
+const BENCH_PACKAGES: &[&str] = &[
+    "prometheus-node-exporter",
+    "linux-perf",
+    "fio",
+    "rt-tests",
+    "libbpf-tools",
+    "curl",
+];
 /// Debian's hook that lets the installer start services; "101" forbids it. The tests
 /// start the daemons they need themselves, privately, and stop them.
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
@@ -58,7 +66,9 @@ fn main() -> ExitCode {
         }
         "run" => ensure_toolchain().and_then(|()| run(&rest)),
         "test" => setup().and_then(|()| test(&rest)),
-        "bench" => setup().and_then(|()| cargo(&["bench", "-p", "horcrux-agent"])),
+        "bench" => setup()
+            .and_then(|()| ensure_packages(BENCH_PACKAGES))
+            .and_then(|()| cargo(&["bench", "-p", "horcrux-agent"])),
         "bench-ebpf" => setup()
             .and_then(|()| ensure_packages(BENCH_PACKAGES))
             .and_then(|()| cargo(&["build", "--release", "-p", "horcrux-agent"]))

@@ -15,7 +15,7 @@
 //! descend into a recognised container (its `init.scope` and other children belong
 //! to it).
 
-use std::{collections::HashSet, fs, path::Path};
+use std::{collections::HashSet, path::Path};
 
 use serde::Serialize;
 
@@ -63,33 +63,15 @@ pub fn discover(roots: &[&Path]) -> Vec<DiscoveredContainer> {
     let mut found: Vec<DiscoveredContainer> = Vec::new();
     let mut seen = HashSet::new();
     for root in roots {
-        let mut pending = vec![(String::new(), 0usize)];
-        while let Some((relative, depth)) = pending.pop() {
-            let Ok(entries) = fs::read_dir(root.join(&relative)) else {
-                continue; // vanished while walking
-            };
-            for entry in entries.flatten() {
-                if !entry.file_type().is_ok_and(|kind| kind.is_dir()) {
-                    continue;
+        super::walk(root, |relative, _| match classify(relative) {
+            Some(container) => {
+                if seen.insert(container.relative_path.clone()) {
+                    found.push(container);
                 }
-                let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-                    continue;
-                };
-                let child = if relative.is_empty() {
-                    name
-                } else {
-                    format!("{relative}/{name}")
-                };
-                match classify(&child) {
-                    Some(container) if seen.insert(container.relative_path.clone()) => {
-                        found.push(container)
-                    }
-                    Some(_) => {}
-                    None if depth < MAX_DEPTH => pending.push((child, depth + 1)),
-                    None => {}
-                }
+                false
             }
-        }
+            None => relative.split('/').count() <= MAX_DEPTH,
+        });
     }
     found.sort_by(|a, b| a.relative_path.cmp(&b.relative_path));
     found

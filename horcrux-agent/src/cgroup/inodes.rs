@@ -4,7 +4,7 @@
 
 use std::{
     collections::HashMap,
-    os::unix::fs::MetadataExt,
+    os::unix::fs::{DirEntryExt, MetadataExt},
     path::{Path, PathBuf},
 };
 
@@ -31,34 +31,18 @@ impl InodeIndex {
         self.paths.get(&inode).map(String::as_str)
     }
 
-    /// Walks the whole hierarchy again. Directories that vanish during the walk are
-    /// skipped: they are gone, which is what the index must say.
+    /// Walks the whole hierarchy again. A directory entry's inode number comes with
+    /// it from `readdir`, so the walk needs no `stat` per cgroup.
     pub fn refresh(&mut self) {
         self.paths.clear();
-        let mut pending = vec![(self.root.clone(), String::new())];
-        while let Some((dir, relative)) = pending.pop() {
-            let Ok(metadata) = std::fs::metadata(&dir) else {
-                continue;
-            };
-            self.paths.insert(metadata.ino(), relative.clone());
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                if !entry.file_type().is_ok_and(|kind| kind.is_dir()) {
-                    continue;
-                }
-                let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-                    continue;
-                };
-                let child = if relative.is_empty() {
-                    name
-                } else {
-                    format!("{relative}/{name}")
-                };
-                pending.push((entry.path(), child));
-            }
+        if let Ok(root) = std::fs::metadata(&self.root) {
+            self.paths.insert(root.ino(), String::new());
         }
+        let paths = &mut self.paths;
+        super::walk(&self.root, |relative, entry| {
+            paths.insert(entry.ino(), relative.to_owned());
+            true
+        });
     }
 }
 

@@ -138,6 +138,34 @@ impl Hierarchies {
     }
 }
 
+/// Walks the cgroup directories below `root` depth first. `visit` gets each one's
+/// path relative to the root (no leading `/`) and its directory entry, and says
+/// whether to descend into it. Directories that vanish during the walk are skipped.
+pub fn walk(root: &Path, mut visit: impl FnMut(&str, &std::fs::DirEntry) -> bool) {
+    let mut pending = vec![String::new()];
+    while let Some(relative) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(root.join(&relative)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if !entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+                continue;
+            }
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let child = if relative.is_empty() {
+                name
+            } else {
+                format!("{relative}/{name}")
+            };
+            if visit(&child, &entry) {
+                pending.push(child);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -217,7 +217,8 @@ impl CgroupReader {
         };
         let block_io = match hierarchies.locate("io", "blkio") {
             Some(Hierarchy::V1(_)) => "cgroup v1 blkio.throttle.io_service*_recursive, only for cgroups \
-                 with a blk-throttle rule: without one the kernel counts nothing, so those report unavailable"
+                 with a blk-throttle rule: without one the kernel counts nothing, so those come from the eBPF \
+                 block programs when attached (block_io.source = ebpf), else report unavailable"
                 .to_owned(),
             _ => located("io", "blkio", "io.stat", ""),
         };

@@ -1,7 +1,7 @@
 //! Reading the programs' per-cgroup maps. Each cycle sums the per-CPU values, names
 //! each cgroup by its path in the hierarchy the kernel charged it in, and reclaims
 //! the entries of removed cgroups (their counts move to a "retired" total so that
-//! node totals never go backwards).
+//! node totals never go backwards) within [`RECLAIM_EVERY_CYCLES`].
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -48,15 +48,25 @@ pub struct FamilyCounters<T> {
     pub total: T,
 }
 
+/// Cycles between walks of the hierarchy when every id is known: removed cgroups
+/// are noticed (and their entries reclaimed) within this many cycles. An unknown id
+/// (a new cgroup) makes the next read walk at once.
+pub const RECLAIM_EVERY_CYCLES: u32 = 12;
+
 /// One per-cgroup map and the hierarchy its cgroup ids belong to.
 pub struct CgroupMap<K: aya::Pod, V: aya::Pod> {
     map: PerCpuHashMap<MapData, K, V>,
     index: InodeIndex,
+    reads_since_walk: u32,
 }
 
 impl<K: aya::Pod, V: aya::Pod> CgroupMap<K, V> {
     pub fn new(map: PerCpuHashMap<MapData, K, V>, index: InodeIndex) -> Self {
-        Self { map, index }
+        Self {
+            map,
+            index,
+            reads_since_walk: RECLAIM_EVERY_CYCLES,
+        }
     }
 
     fn path(&self, cgroup_id: u64) -> Option<&str> {
@@ -76,12 +86,16 @@ impl<K: aya::Pod, V: aya::Pod> CgroupMap<K, V> {
             let (key, values) = entry.map_err(|error| super::chain(&error))?;
             entries.push((key, sum(&values)));
         }
-        // A cgroup id the index does not know is new (or removed): walk once.
-        if entries
-            .iter()
-            .any(|(key, _)| self.index.path(cgroup_of(key)).is_none())
+        // A cgroup id the index does not know is new (or removed): walk now;
+        // otherwise walk now and then to notice removed cgroups.
+        self.reads_since_walk += 1;
+        if self.reads_since_walk > RECLAIM_EVERY_CYCLES
+            || entries
+                .iter()
+                .any(|(key, _)| self.index.path(cgroup_of(key)).is_none())
         {
             self.index.refresh();
+            self.reads_since_walk = 0;
         }
         let mut named = Vec::with_capacity(entries.len());
         for (key, value) in entries {

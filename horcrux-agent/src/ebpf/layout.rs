@@ -94,23 +94,30 @@ impl KernelBtf {
             .ok_or_else(|| LayoutError::MissingType(name.into()))
     }
 
-    /// Byte offset of `member` (a path such as `subsys[2]` or `css.cgroup`) in
-    /// struct `ty`, checked to be `size` bytes wide.
-    pub fn member(&self, ty: &str, member: &str, size: usize) -> Result<u64, LayoutError> {
-        let (member_type, offset) =
-            self.types
-                .offset_of(self.type_id(ty)?, member)
-                .map_err(|error| LayoutError::MissingMember {
-                    ty: ty.into(),
-                    member: member.into(),
-                    reason: btf_error(&error),
-                })?;
-        let Offset::ByteOffset(offset) = offset else {
-            return Err(LayoutError::Bitfield {
+    /// Type id and byte offset of `member` (a path such as `subsys[2]` or
+    /// `css.cgroup`) in struct `ty`.
+    fn locate(&self, ty: &str, member: &str) -> Result<(u32, u64), LayoutError> {
+        let missing = |error: btfparse::Error| LayoutError::MissingMember {
+            ty: ty.into(),
+            member: member.into(),
+            reason: btf_error(&error),
+        };
+        let (member_type, offset) = self
+            .types
+            .offset_of(self.type_id(ty)?, member)
+            .map_err(missing)?;
+        match offset {
+            Offset::ByteOffset(offset) => Ok((member_type, offset as u64)),
+            Offset::BitOffsetAndSize(..) => Err(LayoutError::Bitfield {
                 ty: ty.into(),
                 member: member.into(),
-            });
-        };
+            }),
+        }
+    }
+
+    /// Byte offset of `member` in struct `ty`, checked to be `size` bytes wide.
+    pub fn member(&self, ty: &str, member: &str, size: usize) -> Result<u64, LayoutError> {
+        let (member_type, offset) = self.locate(ty, member)?;
         let actual =
             self.types
                 .size_of(member_type)
@@ -127,26 +134,12 @@ impl KernelBtf {
                 expected: size,
             });
         }
-        Ok(offset as u64)
+        Ok(offset)
     }
 
     /// Offset of a member whose size does not matter (an embedded struct).
     fn embedded(&self, ty: &str, member: &str) -> Result<u64, LayoutError> {
-        let (_, offset) = self
-            .types
-            .offset_of(self.type_id(ty)?, member)
-            .map_err(|error| LayoutError::MissingMember {
-                ty: ty.into(),
-                member: member.into(),
-                reason: btf_error(&error),
-            })?;
-        match offset {
-            Offset::ByteOffset(offset) => Ok(offset as u64),
-            Offset::BitOffsetAndSize(..) => Err(LayoutError::Bitfield {
-                ty: ty.into(),
-                member: member.into(),
-            }),
-        }
+        self.locate(ty, member).map(|(_, offset)| offset)
     }
 
     /// The value of an enumerator of enum `ty`.
