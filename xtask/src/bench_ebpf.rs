@@ -17,7 +17,8 @@ use std::{
 
 use crate::{Result, is_root, stdout_of, workspace_root};
 
-const ROUNDS: usize = 7;
+/// Rounds unless `cargo xtask bench-ebpf ROUNDS` says otherwise.
+pub const DEFAULT_ROUNDS: usize = 7;
 const AGENT_ADDRESS: &str = "127.0.0.1:18099";
 
 /// A workload and how to read its figure from its output; `higher_is_better` for
@@ -88,7 +89,7 @@ fn workloads(fio_file: &Path) -> Vec<Workload> {
     ]
 }
 
-pub fn run() -> Result {
+pub fn run(rounds: usize) -> Result {
     if !is_root() {
         return Err("bench-ebpf loads eBPF programs: run it as root".into());
     }
@@ -109,8 +110,8 @@ pub fn run() -> Result {
 
     // (workload, configuration) → figures.
     let mut figures: BTreeMap<(usize, &str), Vec<f64>> = BTreeMap::new();
-    for round in 1..=ROUNDS {
-        eprintln!("xtask bench-ebpf: round {round}/{ROUNDS}");
+    for round in 1..=rounds {
+        eprintln!("xtask bench-ebpf: round {round}/{rounds}");
         for (index, workload) in workloads.iter().enumerate() {
             for configuration in ["detached", "horcrux", workload.reference] {
                 let attached = attach(configuration, &agent)?;
@@ -158,49 +159,89 @@ pub fn run() -> Result {
             cell(workload.reference)
         );
     }
-    println!("\nMedians of {ROUNDS} alternating rounds.");
+    println!("\nMedians of {rounds} alternating rounds.");
     per_invocation(&workloads, &agent)
 }
 
 /// The kernel's own measure of each program (`kernel.bpf_stats_enabled`): run time
-/// per invocation, free of the workloads' run-to-run noise. One run per
-/// configuration of the two workloads each reference watches.
+/// per invocation, free of the workloads' run-to-run noise, and the programs' share
+/// of all busy CPU time while the workload ran (`/proc/stat`). One run per workload
+/// and configuration; the statistics are read just before and after the workload.
 fn per_invocation(workloads: &[Workload], agent: &Path) -> Result {
     const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
     let before =
         std::fs::read_to_string(BPF_STATS).map_err(|error| format!("{BPF_STATS}: {error}"))?;
     std::fs::write(BPF_STATS, "1").map_err(|error| format!("enabling BPF statistics: {error}"))?;
-    let mut rows = Vec::new();
-    let mut outcome = Ok(());
-    for workload in workloads.iter().take(2) {
-        for configuration in ["horcrux", workload.reference] {
-            let attached = match attach(configuration, agent) {
-                Ok(attached) => attached,
-                Err(error) => {
-                    outcome = Err(error);
-                    break;
+    let measured = (|| {
+        let mut programs = Vec::new();
+        let mut shares = Vec::new();
+        for workload in workloads {
+            for configuration in ["horcrux", workload.reference] {
+                let attached = attach(configuration, agent)?;
+                let stats_before =
+                    program_stats(&stdout_of(Command::new("bpftool").args(["prog", "show"]))?);
+                let busy_before = busy_cpu_ns()?;
+                run_workload(Command::new(&workload.command[0]).args(&workload.command[1..]))?;
+                let busy = busy_cpu_ns()? - busy_before;
+                let stats_after =
+                    program_stats(&stdout_of(Command::new("bpftool").args(["prog", "show"]))?);
+                drop(attached);
+                let mut in_programs = 0;
+                for (name, runs, nanos) in stats_after {
+                    let (runs_before, nanos_before) = stats_before
+                        .iter()
+                        .find(|(before, _, _)| *before == name)
+                        .map_or((0, 0), |(_, runs, nanos)| (*runs, *nanos));
+                    let (runs, nanos) = (runs - runs_before, nanos - nanos_before);
+                    if runs > 0 {
+                        in_programs += nanos;
+                        programs.push((workload.name, configuration, name, runs, nanos));
+                    }
                 }
-            };
-            let ran = run_workload(Command::new(&workload.command[0]).args(&workload.command[1..]));
-            let programs = stdout_of(Command::new("bpftool").args(["prog", "show"]));
-            drop(attached);
-            match ran.and(programs) {
-                Ok(programs) => rows.extend(program_stats(&programs).into_iter().map(
-                    |(program, runs, nanos)| (workload.name, configuration, program, runs, nanos),
-                )),
-                Err(error) => outcome = Err(error),
+                shares.push((workload.name, configuration, in_programs, busy));
             }
         }
-    }
+        Ok::<_, String>((programs, shares))
+    })();
     let _ = std::fs::write(BPF_STATS, before.trim());
-    outcome?;
+    let (programs, shares) = measured?;
     println!("\n| workload | attached | program | runs | ns per run |");
     println!("|---|---|---|---|---|");
-    for (workload, configuration, program, runs, nanos) in rows {
+    for (workload, configuration, program, runs, nanos) in programs {
         let per_run = nanos as f64 / runs as f64;
         println!("| {workload} | {configuration} | {program} | {runs} | {per_run:.0} |");
     }
+    println!("\n| workload | attached | time in the programs | share of busy CPU time |");
+    println!("|---|---|---|---|");
+    for (workload, configuration, in_programs, busy) in shares {
+        let share = in_programs as f64 / busy as f64 * 100.0;
+        let millis = in_programs as f64 / 1e6;
+        println!("| {workload} | {configuration} | {millis:.1} ms | {share:.2}% |");
+    }
     Ok(())
+}
+
+/// CPU time spent busy on every CPU since boot (`/proc/stat`: all but idle and iowait).
+fn busy_cpu_ns() -> Result<u64> {
+    let stat =
+        std::fs::read_to_string("/proc/stat").map_err(|error| format!("/proc/stat: {error}"))?;
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .ok_or("/proc/stat is empty")?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|field| field.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal; USER_HZ is 100 on Linux.
+    let busy: u64 = ticks
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(index, _)| *index != 3 && *index != 4)
+        .map(|(_, ticks)| ticks)
+        .sum();
+    Ok(busy * 10_000_000)
 }
 
 /// (program, runs, run time ns) of the tracing programs that ran, from

@@ -72,7 +72,14 @@ fn main() -> ExitCode {
         "bench-ebpf" => setup()
             .and_then(|()| ensure_packages(BENCH_PACKAGES))
             .and_then(|()| cargo(&["build", "--release", "-p", "horcrux-agent"]))
-            .and_then(|()| bench_ebpf::run()),
+            .and_then(|()| {
+                let rounds = rest.first().map(|rounds| rounds.parse::<usize>());
+                match rounds {
+                    None => bench_ebpf::run(bench_ebpf::DEFAULT_ROUNDS),
+                    Some(Ok(rounds)) if rounds > 0 => bench_ebpf::run(rounds),
+                    Some(_) => Err("bench-ebpf takes a number of rounds (default 7)".into()),
+                }
+            }),
         _ => Err(usage()),
     };
     match outcome {
@@ -92,7 +99,7 @@ fn usage() -> String {
      \x20 run [-- ARGS] build and run the agent as root (via sudo when not root)\n\
      \x20 test         formatting, clippy and every test (unit, fixture, live, end-to-end, eBPF)\n\
      \x20 bench        collection-cycle benchmark\n\
-     \x20 bench-ebpf   overhead of the eBPF programs vs detached and vs libbpf-tools (root)"
+     \x20 bench-ebpf [ROUNDS]  overhead of the eBPF programs vs detached and vs libbpf-tools (root)"
         .into()
 }
 

@@ -209,7 +209,7 @@ function renderTable() {
 
 // ---- container detail -------------------------------------------------------------
 function histogram(h, title) {
-  if (!h || !h.buckets || h.buckets.length === 0) return `<h2>${title}</h2><p class="muted">no samples</p>`;
+  if (!h || !h.buckets || h.buckets.length === 0 || h.count === 0) return `<h2>${title}</h2><p class="muted">no samples</p>`;
   // Buckets are cumulative (Prometheus "le"): difference them for bars.
   const counts = h.buckets.map((b, i) => b.count - (i ? h.buckets[i - 1].count : 0));
   const max = Math.max(1, ...counts);
