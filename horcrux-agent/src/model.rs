@@ -346,8 +346,9 @@ pub struct ContainerMetrics {
     pub pids: Option<ContainerPids>,
     pub network: Option<ContainerNetwork>,
     pub pressure: Option<PressureCounters>,
-    /// The container's cgroups' eBPF counters (`null` when no program is attached).
-    pub ebpf: Option<EbpfMetrics>,
+    /// The container's cgroups' eBPF counters (`null` when no program is attached);
+    /// boxed: it would otherwise be most of a container's size.
+    pub ebpf: Option<Box<EbpfMetrics>>,
     /// Why a family above is `null` (e.g. `"block_io": "cgroup v1 blkio counts …"`).
     pub unavailable: BTreeMap<&'static str, String>,
 }

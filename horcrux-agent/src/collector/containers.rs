@@ -98,9 +98,11 @@ impl ContainerCollector {
         self.network_bytes.begin(now);
         let mut namespaces: HashMap<u64, Option<Vec<netdev::NetDevStat>>> = HashMap::new();
         let mut ebpf_shares = ebpf_per_container(ebpf, &discovered);
-        let current: HashSet<&str> = discovered.iter().map(|c| c.id.as_str()).collect();
-        self.ebpf_intervals
-            .retain(|id, _| current.contains(id.as_str()));
+        if !self.ebpf_intervals.is_empty() {
+            let current: HashSet<&str> = discovered.iter().map(|c| c.id.as_str()).collect();
+            self.ebpf_intervals
+                .retain(|id, _| current.contains(id.as_str()));
+        }
         let mut containers = Vec::with_capacity(discovered.len());
         for (container, ebpf_share) in discovered.into_iter().zip(ebpf_shares.drain(..)) {
             // A cgroup removed since discovery is simply gone, not an error.
@@ -127,15 +129,24 @@ impl ContainerCollector {
                 &mut namespaces,
                 timestamp,
             );
-            let intervals = self.ebpf_intervals.entry(container.id.clone()).or_default();
             let ebpf = ebpf.map(|ebpf| {
-                EbpfMetrics::new(
+                // Kept only while eBPF is attached; the id is cloned once per container.
+                if !self.ebpf_intervals.contains_key(&container.id) {
+                    self.ebpf_intervals
+                        .insert(container.id.clone(), EbpfIntervals::default());
+                }
+                let mut unused = EbpfIntervals::default();
+                let intervals = self
+                    .ebpf_intervals
+                    .get_mut(&container.id)
+                    .unwrap_or(&mut unused);
+                Box::new(EbpfMetrics::new(
                     ebpf.since,
                     ebpf_share.sched.as_ref(),
                     ebpf_share.block.as_deref(),
                     &device_names,
                     intervals,
-                )
+                ))
             });
             containers.push(self.metrics(
                 container,
@@ -158,7 +169,7 @@ impl ContainerCollector {
         container: DiscoveredContainer,
         counters: ContainerCounters,
         network: Result<ContainerNetwork, String>,
-        ebpf: Option<EbpfMetrics>,
+        ebpf: Option<Box<EbpfMetrics>>,
         device_names: &HashMap<(u32, u32), String>,
         timestamp: u64,
     ) -> ContainerMetrics {

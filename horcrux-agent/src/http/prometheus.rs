@@ -550,7 +550,7 @@ fn container_families(out: &mut Exposition, containers: &[ContainerMetrics]) {
     );
     let scopes: Vec<(Labels<'_>, &EbpfMetrics)> = containers
         .iter()
-        .filter_map(|c| Some((identity(c), c.ebpf.as_ref()?)))
+        .filter_map(|c| Some((identity(c), c.ebpf.as_deref()?)))
         .collect();
     ebpf_families(out, "horcrux_container", &scopes);
 }
