@@ -16,7 +16,7 @@ use horcrux_agent::{
     cgroup::Hierarchies,
     ebpf::{
         EbpfPrograms, ProgramState,
-        counters::{DeviceOpCounters, RECLAIM_EVERY_CYCLES},
+        counters::{DeviceOpCounters, EbpfCounters, RECLAIM_EVERY_CYCLES},
     },
 };
 use horcrux_common::{
@@ -60,10 +60,15 @@ fn unified_view() -> Hierarchies {
     }
 }
 
-fn sched_of(programs: &mut EbpfPrograms, cgroup: &TestCgroup) -> SchedCounters {
+/// One read of the maps, which must succeed.
+fn read(programs: &mut EbpfPrograms) -> EbpfCounters {
     let (counters, errors) = programs.read();
     assert!(errors.is_empty(), "{errors:?}");
     counters
+}
+
+fn sched_of(programs: &mut EbpfPrograms, cgroup: &TestCgroup) -> SchedCounters {
+    read(programs)
         .sched
         .expect("scheduler family attached")
         .by_cgroup
@@ -73,9 +78,7 @@ fn sched_of(programs: &mut EbpfPrograms, cgroup: &TestCgroup) -> SchedCounters {
 }
 
 fn block_of(programs: &mut EbpfPrograms, cgroup: &TestCgroup) -> Vec<DeviceOpCounters> {
-    let (counters, errors) = programs.read();
-    assert!(errors.is_empty(), "{errors:?}");
-    counters
+    read(programs)
         .block
         .expect("block family attached")
         .by_cgroup
@@ -504,9 +507,7 @@ fn whole_disk(dir: &std::path::Path) -> (u32, u32) {
 /// The node's eBPF totals for a disk: ([requests per class as in [`diskstats`]],
 /// [bytes read, written, discarded]).
 fn node_ops(programs: &mut EbpfPrograms, disk: (u32, u32)) -> ([u64; 4], [u64; 3]) {
-    let (counters, errors) = programs.read();
-    assert!(errors.is_empty(), "{errors:?}");
-    let total = counters.block.expect("block family attached").total;
+    let total = read(programs).block.expect("block family attached").total;
     let device = (disk.0 << 20) | disk.1;
     let of_disk: Vec<DeviceOpCounters> = total
         .into_iter()
@@ -616,9 +617,7 @@ fn a_removed_cgroup_is_reclaimed_and_the_node_totals_keep_its_counts() {
         &mut cgroup,
         "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done",
     );
-    let (before, errors) = programs.read();
-    assert!(errors.is_empty(), "{errors:?}");
-    let before = before.sched.expect("scheduler family attached");
+    let before = read(&mut programs).sched.expect("scheduler family attached");
     let own = before
         .by_cgroup
         .get(&path)
@@ -630,9 +629,7 @@ fn a_removed_cgroup_is_reclaimed_and_the_node_totals_keep_its_counts() {
     // Removed cgroups are noticed within RECLAIM_EVERY_CYCLES reads.
     let mut after = None;
     for _ in 0..=RECLAIM_EVERY_CYCLES {
-        let (counters, errors) = programs.read();
-        assert!(errors.is_empty(), "{errors:?}");
-        let sched = counters.sched.expect("scheduler family attached");
+        let sched = read(&mut programs).sched.expect("scheduler family attached");
         if !sched.by_cgroup.contains_key(&path) {
             after = Some(sched);
             break;

@@ -158,31 +158,38 @@ fn task_cgroup_id(task: u64, css_set_offset: u64, through_css: u64) -> Option<u6
     cgroup_kernfs_id(cgroup)
 }
 
-/// This CPU's counters for a cgroup, created on first use.
+/// This CPU's counters under `key` in a per-CPU hash map, created on first use from
+/// `zero` (read-only memory: a copy would fill the 512-byte stack). A full map is
+/// counted in `EVENTS[full_event]` and logged once per CPU.
 #[inline(always)]
-fn sched_counters(
+#[expect(
+    clippy::mut_from_ref,
+    reason = "a per-CPU map value: the kernel hands each CPU its own copy"
+)]
+fn counters<K, V>(
     ctx: &BtfTracePointContext,
-    cgroup_id: u64,
-) -> Option<&'static mut SchedCounters> {
-    if let Some(counters) = SCHED.get_ptr_mut(cgroup_id) {
+    map: &'static PerCpuHashMap<K, V>,
+    key: &K,
+    zero: &'static V,
+    full_event: u32,
+) -> Option<&'static mut V> {
+    if let Some(counters) = map.get_ptr_mut(key) {
         // SAFETY: a per-CPU map value, only touched by this CPU with preemption off.
         return Some(unsafe { &mut *counters });
     }
-    #[expect(
-        clippy::needless_borrows_for_generic_args,
-        reason = "a copy would use the stack"
-    )]
-    if let Err(error) = SCHED.insert(cgroup_id, &SCHED_ZERO, u64::from(BPF_NOEXIST))
+    if let Err(error) = map.insert(key, zero, u64::from(BPF_NOEXIST))
         && error != -EEXIST
     {
-        if count_event(EVENT_SCHED_MAP_FULL) {
-            warn!(ctx, "SCHED map full: cgroup {} not counted", cgroup_id);
+        if count_event(full_event) {
+            warn!(
+                ctx,
+                "per-cgroup map full (event slot {}): counts lost", full_event
+            );
         }
         return None;
     }
     // SAFETY: as above.
-    SCHED
-        .get_ptr_mut(cgroup_id)
+    map.get_ptr_mut(key)
         .map(|counters| unsafe { &mut *counters })
 }
 
@@ -235,7 +242,13 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
         // As the scheduler decides: a task that was not preempted and whose state is
         // not TASK_RUNNING (0) blocked (voluntary); otherwise it stays runnable.
         let still_runnable = preempt & 0xff != 0 || prev_state as u32 == 0;
-        prev_counters = sched_counters(&ctx, prev_cgroup);
+        prev_counters = counters(
+            &ctx,
+            &SCHED,
+            &prev_cgroup,
+            &SCHED_ZERO,
+            EVENT_SCHED_MAP_FULL,
+        );
         if let Some(counters) = &mut prev_counters {
             counters.oncpu_ns += now.saturating_sub(running.since_ns);
             if still_runnable {
@@ -272,7 +285,7 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
         let counters = if cgroup_id == prev_cgroup {
             prev_counters
         } else {
-            sched_counters(&ctx, cgroup_id)
+            counters(&ctx, &SCHED, &cgroup_id, &SCHED_ZERO, EVENT_SCHED_MAP_FULL)
         };
         if let Some(counters) = counters {
             counters.runq_latency.observe(now.saturating_sub(since));
@@ -315,33 +328,6 @@ fn operation_class(cmd_flags: u32) -> u32 {
     } else {
         BLOCK_OP_OTHER
     }
-}
-
-#[inline(always)]
-fn block_counters(
-    ctx: &BtfTracePointContext,
-    key: &BlockKey,
-) -> Option<&'static mut BlockCounters> {
-    if let Some(counters) = BLOCK.get_ptr_mut(key) {
-        // SAFETY: a per-CPU map value, only touched by this CPU.
-        return Some(unsafe { &mut *counters });
-    }
-    #[expect(
-        clippy::needless_borrows_for_generic_args,
-        reason = "a copy would use the stack"
-    )]
-    if let Err(error) = BLOCK.insert(key, &BLOCK_ZERO, u64::from(BPF_NOEXIST))
-        && error != -EEXIST
-    {
-        if count_event(EVENT_BLOCK_MAP_FULL) {
-            warn!(ctx, "BLOCK map full: cgroup {} not counted", key.cgroup_id);
-        }
-        return None;
-    }
-    // SAFETY: as above.
-    BLOCK
-        .get_ptr_mut(key)
-        .map(|counters| unsafe { &mut *counters })
 }
 
 /// `block_rq_issue(struct request *rq)`: the driver takes the request.
@@ -389,7 +375,13 @@ pub fn block_rq_complete(ctx: BtfTracePointContext) -> u32 {
         return 0;
     };
     let _ = IN_FLIGHT.remove(request);
-    if let Some(counters) = block_counters(&ctx, &in_flight.key) {
+    if let Some(counters) = counters(
+        &ctx,
+        &BLOCK,
+        &in_flight.key,
+        &BLOCK_ZERO,
+        EVENT_BLOCK_MAP_FULL,
+    ) {
         counters
             .latency
             .observe(now.saturating_sub(in_flight.issued_ns));
