@@ -617,7 +617,9 @@ fn a_removed_cgroup_is_reclaimed_and_the_node_totals_keep_its_counts() {
         &mut cgroup,
         "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done",
     );
-    let before = read(&mut programs).sched.expect("scheduler family attached");
+    let before = read(&mut programs)
+        .sched
+        .expect("scheduler family attached");
     let own = before
         .by_cgroup
         .get(&path)
@@ -629,7 +631,9 @@ fn a_removed_cgroup_is_reclaimed_and_the_node_totals_keep_its_counts() {
     // Removed cgroups are noticed within RECLAIM_EVERY_CYCLES reads.
     let mut after = None;
     for _ in 0..=RECLAIM_EVERY_CYCLES {
-        let sched = read(&mut programs).sched.expect("scheduler family attached");
+        let sched = read(&mut programs)
+            .sched
+            .expect("scheduler family attached");
         if !sched.by_cgroup.contains_key(&path) {
             after = Some(sched);
             break;
