@@ -120,7 +120,9 @@ async fn programs_attach_without_tracefs_and_report_per_container() {
     let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).expect("temp dir on a real disk");
     let mut cgroup = TestCgroup::new();
     cgroup.run(
-        "dd if=/dev/zero of=\"$PROGRAM\" bs=1M count=16 oflag=direct status=none; exec sleep 120",
+        "fallocate -l 16M \"$PROGRAM\" && \
+         dd if=/dev/zero of=\"$PROGRAM\" bs=1M count=16 oflag=direct conv=notrunc status=none; \
+         exec sleep 120",
         &dir.path().join("direct.bin").display().to_string(),
     );
     let id = cgroup.id.clone();
