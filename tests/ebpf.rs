@@ -199,22 +199,40 @@ async fn programs_attach_without_tracefs_and_report_per_container() {
     ] {
         assert!(text.contains(family), "/metrics lacks {family}");
     }
-    let container_bucket = text
-        .lines()
-        .find(|line| {
-            line.starts_with("horcrux_container_runqueue_latency_seconds_bucket{")
-                && line.contains(&id)
-                && line.contains("le=\"+Inf\"")
-        })
-        .expect("the container's run-queue histogram");
-    assert!(container_bucket.contains("le=\"+Inf\""));
+    // Cumulative counters: the exposition, rendered later, holds at least what the
+    // JSON showed.
+    // Summed over the matching samples (one per disk for the byte counters).
+    let sample = |prefix: &str, label: &str| -> u64 {
+        let values: Vec<u64> = text
+            .lines()
+            .filter(|line| line.starts_with(prefix) && line.contains(&id) && line.contains(label))
+            .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
+            .collect();
+        assert!(
+            !values.is_empty(),
+            "no {prefix}…{label} sample for the container"
+        );
+        values.iter().sum()
+    };
+    let runq_count = metrics["ebpf"]["sched"]["runq_latency"]["count"]
+        .as_u64()
+        .expect("count");
+    let inf_bucket = sample(
+        "horcrux_container_runqueue_latency_seconds_bucket{",
+        "le=\"+Inf\"",
+    );
     assert!(
-        text.lines().any(
-            |line| line.starts_with("horcrux_container_block_request_bytes_total{")
-                && line.contains(&id)
-                && line.contains("op=\"write\"")
-        ),
-        "the container's written bytes by operation"
+        inf_bucket >= runq_count,
+        "+Inf {inf_bucket} < JSON count {runq_count}"
+    );
+    let written_sample = sample(
+        "horcrux_container_block_request_bytes_total{",
+        "op=\"write\"",
+    );
+    assert!(
+        written_sample >= written(&metrics),
+        "written bytes {written_sample} < JSON {}",
+        written(&metrics)
     );
 }
 

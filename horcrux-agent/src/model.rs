@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use horcrux_common::{
     BLOCK_OP_DISCARD, BLOCK_OP_FLUSH, BLOCK_OP_READ, BLOCK_OP_WRITE, LATENCY_BUCKETS,
-    LatencyHistogram, SchedCounters, slot_bound_micros,
+    LatencyHistogram, SchedCounters, device_parts, slot_bound_micros,
 };
 use serde::Serialize;
 
@@ -688,7 +688,7 @@ impl BlkioMetrics {
             devices: devices
                 .into_iter()
                 .map(|(device, (totals, latency))| {
-                    let (major, minor) = (device >> 20, device & ((1 << 20) - 1));
+                    let (major, minor) = device_parts(device);
                     BlkioDevice {
                         device: device_names.get(&(major, minor)).cloned(),
                         major,
@@ -775,7 +775,7 @@ impl EbpfMetrics {
 
 #[cfg(test)]
 mod tests {
-    use horcrux_common::{BLOCK_OP_FLUSH, BlockCounters};
+    use horcrux_common::{BLOCK_OP_FLUSH, BlockCounters, device_number};
 
     use super::*;
 
@@ -839,8 +839,8 @@ mod tests {
                 in_flight,
             }
         };
-        let vda = 254 << 20;
-        let sdb = (8 << 20) | 16;
+        let vda = device_number(254, 0);
+        let sdb = device_number(8, 16);
         let entries = [
             entry(vda, BLOCK_OP_READ, 8192, &[1000, 2000], 0),
             entry(vda, BLOCK_OP_WRITE, 4096, &[5000], 2),

@@ -544,7 +544,7 @@ fn whole_disk(dir: &std::path::Path) -> (u32, u32) {
 /// [bytes read, written, discarded]).
 fn node_ops(programs: &mut EbpfPrograms, disk: (u32, u32)) -> ([u64; 4], [u64; 3]) {
     let total = read(programs).block.expect("block family attached").total;
-    let device = (disk.0 << 20) | disk.1;
+    let device = horcrux_common::device_number(disk.0, disk.1);
     let of_disk: Vec<DeviceOpCounters> = total
         .into_iter()
         .filter(|entry| entry.device == device)

@@ -109,13 +109,24 @@ pub const BLOCK_OP_FLUSH: u32 = 3;
 /// Write-zeroes, secure erase, zone management, driver-private operations.
 pub const BLOCK_OP_OTHER: u32 = 4;
 
+/// The kernel's `MKDEV(major, minor)` (its internal `dev_t`), which [`BlockKey`] uses.
+#[inline(always)]
+pub const fn device_number(major: u32, minor: u32) -> u32 {
+    (major << 20) | minor
+}
+
+/// (major, minor) of a [`device_number`].
+pub const fn device_parts(device: u32) -> (u32, u32) {
+    (device >> 20, device & ((1 << 20) - 1))
+}
+
 /// Block I/O counters are kept per cgroup, device and operation class.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BlockKey {
     /// kernfs id (= directory inode) of the blkio/io cgroup charged.
     pub cgroup_id: u64,
-    /// The whole disk, as the kernel's `MKDEV(major, minor)` (major << 20 | minor).
+    /// The whole disk, as [`device_number`].
     pub device: u32,
     pub op: u32,
 }
@@ -220,6 +231,16 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_numbers_round_trip() {
+        assert_eq!(device_number(254, 0), 254 << 20);
+        assert_eq!(device_parts(device_number(8, 16)), (8, 16));
+        assert_eq!(
+            device_parts(device_number(259, (1 << 20) - 1)),
+            (259, (1 << 20) - 1)
+        );
+    }
 
     #[test]
     fn slots_follow_prometheus_le() {

@@ -24,7 +24,7 @@ use horcrux_common::{
     BLOCK_OP_DISCARD, BLOCK_OP_FLUSH, BLOCK_OP_OTHER, BLOCK_OP_READ, BLOCK_OP_WRITE, BlockCounters,
     BlockKey, CgroupPath, EVENT_BLOCK_MAP_FULL, EVENT_INFLIGHT_MAP_FULL, EVENT_READ_FAILED,
     EVENT_SCHED_MAP_FULL, EVENT_SLOTS, EVENT_WAKEUP_MAP_FULL, InFlightRequest, KernelLayout,
-    REQ_OP_MASK, SchedCounters,
+    REQ_OP_MASK, SchedCounters, device_number,
 };
 
 /// Overwritten by the agent at load time (`EbpfLoader::override_global`).
@@ -349,7 +349,7 @@ pub fn block_rq_issue(ctx: BtfTracePointContext) -> u32 {
     let in_flight = InFlightRequest {
         key: BlockKey {
             cgroup_id,
-            device: (major << 20) | minor,
+            device: device_number(major, minor),
             op: operation_class(cmd_flags),
         },
         issued_ns: now,

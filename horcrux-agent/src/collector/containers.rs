@@ -469,9 +469,10 @@ fn ebpf_per_container(
 fn block_io_from_ebpf(entries: &[DeviceOpCounters]) -> BlockIoCounters {
     let mut devices: BTreeMap<u32, DeviceIo> = BTreeMap::new();
     for entry in entries {
+        let (major, minor) = horcrux_common::device_parts(entry.device);
         let device = devices.entry(entry.device).or_insert(DeviceIo {
-            major: entry.major(),
-            minor: entry.minor(),
+            major,
+            minor,
             read_bytes: 0,
             write_bytes: 0,
             discard_bytes: 0,

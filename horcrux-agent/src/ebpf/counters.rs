@@ -21,16 +21,6 @@ pub struct DeviceOpCounters {
     pub in_flight: u64,
 }
 
-impl DeviceOpCounters {
-    pub fn major(&self) -> u32 {
-        self.device >> 20
-    }
-
-    pub fn minor(&self) -> u32 {
-        self.device & ((1 << 20) - 1)
-    }
-}
-
 /// What one cycle read, by cgroup path (relative to the hierarchy root, no leading
 /// `/`). A family is `None` when its programs are not attached.
 #[derive(Debug, Clone, Default)]

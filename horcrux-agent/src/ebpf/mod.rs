@@ -124,10 +124,12 @@ impl EbpfPrograms {
                     .collect(),
                 ..EbpfStatus::default()
             },
-            since: crate::collector::unix_seconds(),
+            // Set when the programs attach; without them no counter is published.
+            since: 0,
         };
         if !Self::embedded() {
-            programs.fail_all(
+            programs.fail(
+                None,
                 ProgramState::NotEmbedded,
                 "built without the eBPF toolchain; run `cargo xtask setup` and rebuild",
             );
@@ -136,22 +138,16 @@ impl EbpfPrograms {
         }
         if let Err(error) = programs.load_and_attach(hierarchies) {
             tracing::warn!("eBPF programs not loaded: {error}");
-            programs.fail_all(ProgramState::Failed, &error);
+            programs.fail(None, ProgramState::Failed, &error);
         }
         programs
     }
 
-    fn fail_all(&mut self, state: ProgramState, error: &str) {
+    /// Marks the programs of `family` (all of them for `None`) as not running, and why.
+    fn fail(&mut self, family: Option<Family>, state: ProgramState, error: &str) {
         for program in &mut self.status.programs {
-            program.state = state;
-            program.error = Some(error.to_owned());
-        }
-    }
-
-    fn fail_family(&mut self, family: Family, error: &str) {
-        for program in &mut self.status.programs {
-            if program.family == family {
-                program.state = ProgramState::Failed;
+            if family.is_none_or(|family| program.family == family) {
+                program.state = state;
                 program.error = Some(error.to_owned());
             }
         }
@@ -195,40 +191,35 @@ impl EbpfPrograms {
                 .and_then(|()| self.attach_family(&mut ebpf, &btf, family));
             if let Err(error) = attached {
                 tracing::warn!(?family, "eBPF programs not attached: {error}");
-                self.fail_family(family, &error);
+                self.fail(Some(family), ProgramState::Failed, &error);
             }
         }
-        if self
-            .status
-            .programs
-            .iter()
-            .any(|p| p.state == ProgramState::Attached)
-        {
-            let sched_attached = self.family_attached(Family::Sched);
-            let block_attached = self.family_attached(Family::Block);
-            if let (true, Some(root)) = (sched_attached, &sched_root) {
-                let map = take_per_cpu_hash(&mut ebpf, "SCHED")?;
-                self.sched = Some(SchedSource {
-                    map: CgroupMap::new(map, InodeIndex::new(root)),
-                    retired: horcrux_common::SchedCounters::ZERO,
-                });
-                self.status.sched_cgroups = Some(root.clone());
-            }
-            if let (true, Some(root)) = (block_attached, &block_root) {
-                let map = take_per_cpu_hash(&mut ebpf, "BLOCK")?;
-                let in_flight = ebpf.take_map("IN_FLIGHT").ok_or("map IN_FLIGHT missing")?;
-                self.block = Some(BlockSource {
-                    map: CgroupMap::new(map, InodeIndex::new(root)),
-                    in_flight: aya::maps::HashMap::try_from(in_flight)
-                        .map_err(|error| format!("map IN_FLIGHT: {}", chain(&error)))?,
-                    retired: Default::default(),
-                });
-                self.status.block_cgroups = Some(root.clone());
-            }
+        let sched_attached = self.family_attached(Family::Sched);
+        let block_attached = self.family_attached(Family::Block);
+        if let (true, Some(root)) = (sched_attached, &sched_root) {
+            let map = take_per_cpu_hash(&mut ebpf, "SCHED")?;
+            self.sched = Some(SchedSource {
+                map: CgroupMap::new(map, InodeIndex::new(root)),
+                retired: horcrux_common::SchedCounters::ZERO,
+            });
+            self.status.sched_cgroups = Some(root.clone());
+        }
+        if let (true, Some(root)) = (block_attached, &block_root) {
+            let map = take_per_cpu_hash(&mut ebpf, "BLOCK")?;
+            let in_flight = ebpf.take_map("IN_FLIGHT").ok_or("map IN_FLIGHT missing")?;
+            self.block = Some(BlockSource {
+                map: CgroupMap::new(map, InodeIndex::new(root)),
+                in_flight: aya::maps::HashMap::try_from(in_flight)
+                    .map_err(|error| format!("map IN_FLIGHT: {}", chain(&error)))?,
+                retired: Default::default(),
+            });
+            self.status.block_cgroups = Some(root.clone());
+        }
+        if sched_attached || block_attached {
             let events = ebpf.take_map("EVENTS").ok_or("map EVENTS missing")?;
             self.events = Some(PerCpuArray::try_from(events).map_err(|error| chain(&error))?);
-            tracing::info!(sched_attached, block_attached, "eBPF programs attached");
         }
+        tracing::info!(sched_attached, block_attached, "eBPF programs attached");
         self.since = crate::collector::unix_seconds();
         self.ebpf = Some(ebpf);
         Ok(())
