@@ -167,8 +167,11 @@ fn containers() {
         // Popped in reverse so the cgroup that created the `docker/` parents goes last.
         let mut cgroups: Vec<cgroup::TestCgroup> =
             (0..count).map(|_| cgroup::TestCgroup::new()).collect();
-        let mut collector =
-            ContainerCollector::new(CgroupReader::new(cgroup::hierarchies(), false), "/proc");
+        let mut collector = ContainerCollector::new(
+            CgroupReader::new(cgroup::hierarchies(), false),
+            "/proc",
+            Default::default(),
+        );
         let found = collector.collect(0, None).containers.len();
         let rounds = 20;
         let cpu_start = thread_cpu();

@@ -2,10 +2,14 @@
 //! cycle on the same metric names as [`crate::history`]. A rule fires once its
 //! condition has held for `for` seconds and resolves once it has been false for `for`
 //! seconds (at least one cycle), so a value hovering at the threshold cannot flap.
+//! Windows run on the steady clock ([`crate::clock`]): a wall-clock step neither
+//! holds nor hurries an alert. Evaluation is linear in the number of targets.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use serde::Serialize;
+
+use crate::clock::Stamp;
 
 /// Resolved alerts kept for `GET /api/alerts`.
 const RESOLVED_KEPT: usize = 100;
@@ -91,14 +95,18 @@ pub struct Alert {
 
 #[derive(Debug, Default)]
 struct Tracking {
-    /// When the condition (while resting) or its negation (while firing) began.
+    /// Steady second when the condition (while resting) or its negation (while
+    /// firing) began.
     changing_since: Option<u64>,
-    condition_since: u64,
     firing: Option<Alert>,
 }
 
-/// One evaluated target: its id, display name and current metric values.
+/// One evaluated target: its identity, display name and current metric values.
 pub struct Target<'a> {
+    /// What alert state is kept by: the hostname, or a container's cgroup path (an
+    /// id can be claimed by two cgroups; a path cannot).
+    pub key: &'a str,
+    /// The hostname or container id, as alerts show it.
     pub id: &'a str,
     pub name: Option<&'a str>,
     pub values: &'a [(&'static str, f64)],
@@ -123,12 +131,28 @@ impl AlertEngine {
         &self.rules
     }
 
+    /// New rules (a config reload): alerts of rules that are gone or changed resolve
+    /// silently and start over; unchanged rules keep their state.
+    pub fn replace_rules(&mut self, rules: Vec<Rule>) {
+        let old = std::mem::replace(&mut self.rules, rules);
+        let tracking = std::mem::take(&mut self.tracking);
+        self.tracking = tracking
+            .into_iter()
+            .filter_map(|((index, key), state)| {
+                let rule = old.get(index)?;
+                let new_index = self.rules.iter().position(|new| new == rule)?;
+                Some(((new_index, key), state))
+            })
+            .collect();
+    }
+
     /// Evaluates the rules of one scope over every target seen this cycle; targets of
     /// that scope not in `targets` are gone and their alerts resolve. Returns the
     /// `AlertTriggered`/`AlertResolved` messages to send.
-    pub fn evaluate(&mut self, node_scope: bool, targets: &[Target], now: u64) -> Vec<Alert> {
+    pub fn evaluate(&mut self, node_scope: bool, targets: &[Target], at: Stamp) -> Vec<Alert> {
+        let now = at.steady;
         let mut messages = Vec::new();
-        let mut seen = Vec::new();
+        let mut seen = HashSet::new();
         for (index, rule) in self.rules.iter().enumerate() {
             if matches!(rule.scope, RuleScope::Node) != node_scope {
                 continue;
@@ -142,8 +166,8 @@ impl AlertEngine {
                 else {
                     continue;
                 };
-                let key = (index, target.id.to_owned());
-                seen.push(key.clone());
+                let key = (index, target.key.to_owned());
+                seen.insert(key.clone());
                 let tracking = self.tracking.entry(key).or_default();
                 let holds = rule.op.holds(value, rule.threshold);
                 let changing = holds != tracking.firing.is_some();
@@ -163,7 +187,6 @@ impl AlertEngine {
                 }
                 tracking.changing_since = None;
                 if holds {
-                    tracking.condition_since = since;
                     let alert = Alert {
                         kind: "AlertTriggered",
                         rule: rule.name.clone(),
@@ -175,15 +198,15 @@ impl AlertEngine {
                         target: target.id.to_owned(),
                         target_name: target.name.map(str::to_owned),
                         value,
-                        since,
-                        triggered_at: now,
+                        since: at.unix_of(since),
+                        triggered_at: at.unix,
                         resolved_at: None,
-                        timestamp: now,
+                        timestamp: at.unix,
                     };
                     messages.push(alert.clone());
                     tracking.firing = Some(alert);
                 } else if let Some(alert) = tracking.firing.take() {
-                    messages.push(resolve(alert, value, now));
+                    messages.push(resolve(alert, value, at.unix));
                 }
             }
         }
@@ -204,7 +227,7 @@ impl AlertEngine {
                 .and_then(|tracking| tracking.firing)
             {
                 let value = alert.value;
-                messages.push(resolve(alert, value, now));
+                messages.push(resolve(alert, value, at.unix));
             }
         }
         for message in messages
@@ -271,6 +294,14 @@ pub fn glob(pattern: &str, text: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// An instant with no wall-clock step.
+    fn steady(seconds: u64) -> Stamp {
+        Stamp {
+            unix: seconds,
+            steady: seconds,
+        }
+    }
+
     fn rule(for_seconds: u64) -> Rule {
         Rule {
             name: "high-cpu".into(),
@@ -286,12 +317,13 @@ mod tests {
     fn step(engine: &mut AlertEngine, now: u64, value: f64) -> Vec<&'static str> {
         let values = [("cpu_usage", value)];
         let targets = [Target {
+            key: "node1",
             id: "node1",
             name: None,
             values: &values,
         }];
         engine
-            .evaluate(true, &targets, now)
+            .evaluate(true, &targets, steady(now))
             .into_iter()
             .map(|alert| alert.kind)
             .collect()
@@ -317,6 +349,43 @@ mod tests {
         assert_eq!(step(&mut engine, 90, 50.0), ["AlertResolved"]);
         assert!(engine.active().is_empty());
         assert_eq!(engine.recently_resolved()[0].resolved_at, Some(90));
+    }
+
+    #[test]
+    fn wall_clock_steps_neither_hold_nor_hurry_an_alert() {
+        let mut engine = AlertEngine::new(vec![rule(30)]);
+        let mut kinds = Vec::new();
+        // Steady time advances 10 s a cycle; the wall clock jumps a day ahead at the
+        // third cycle and two days back at the sixth.
+        for cycle in 0..10u64 {
+            let steady = 1_000_000 + cycle * 10;
+            let unix = match cycle {
+                0..=2 => steady,
+                3..=5 => steady + 86_400,
+                _ => steady - 86_400,
+            };
+            let value = if cycle < 4 { 95.0 } else { 50.0 };
+            let values = [("cpu_usage", value)];
+            let targets = [Target {
+                key: "node1",
+                id: "node1",
+                values: &values,
+                name: None,
+            }];
+            for alert in engine.evaluate(true, &targets, Stamp { unix, steady }) {
+                kinds.push((cycle, alert.kind, alert.since));
+            }
+        }
+        // Fires after 30 steady seconds (cycle 3), resolves 30 s after the value
+        // dropped at cycle 4 (cycle 7); `since` is shown on the wall clock as it read
+        // when the alert fired.
+        assert_eq!(
+            kinds,
+            [
+                (3, "AlertTriggered", 1_000_000 + 86_400),
+                (7, "AlertResolved", 1_000_000 + 86_400)
+            ]
+        );
     }
 
     #[test]
@@ -349,27 +418,29 @@ mod tests {
         let values = [("memory_usage_bytes", 500.0)];
         let targets = [
             Target {
+                key: "/docker/aaa",
                 id: "aaa",
                 name: Some("web-1"),
                 values: &values,
             },
             Target {
+                key: "/docker/bbb",
                 id: "bbb",
                 name: Some("db-1"),
                 values: &values,
             },
         ];
-        let fired = engine.evaluate(false, &targets, 1);
+        let fired = engine.evaluate(false, &targets, steady(1));
         assert_eq!(fired.len(), 1);
         assert_eq!(
             (fired[0].target.as_str(), fired[0].target_name.as_deref()),
             ("aaa", Some("web-1"))
         );
-        let resolved = engine.evaluate(false, &targets[1..], 2);
+        let resolved = engine.evaluate(false, &targets[1..], steady(2));
         assert_eq!(resolved.len(), 1);
         assert_eq!(resolved[0].kind, "AlertResolved");
         assert!(
-            engine.evaluate(true, &[], 3).is_empty(),
+            engine.evaluate(true, &[], steady(3)).is_empty(),
             "node evaluation leaves container alerts alone"
         );
     }

@@ -14,6 +14,7 @@ use toml::Spanned;
 
 use crate::{
     alerts::{Comparison, Rule, RuleScope},
+    collector::containers::ContainerSettings,
     history::{CONTAINER_METRICS, NODE_METRICS, metric_name},
 };
 
@@ -28,6 +29,7 @@ pub struct Config {
     pub enable_history: bool,
     pub history_retention: Duration,
     pub max_ws_clients: usize,
+    pub containers: ContainerSettings,
     pub alerts: Vec<Rule>,
 }
 
@@ -40,6 +42,7 @@ impl Default for Config {
             enable_history: false,
             history_retention: Duration::from_secs(86_400),
             max_ws_clients: 100,
+            containers: ContainerSettings::default(),
             alerts: Vec::new(),
         }
     }
@@ -98,6 +101,8 @@ struct Monitoring {
     enable_history: Option<bool>,
     history_retention: Option<Spanned<u64>>,
     max_ws_clients: Option<Spanned<u64>>,
+    max_containers: Option<Spanned<u64>>,
+    max_containers_per_user: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -109,6 +114,7 @@ struct Server {
 const INTERVAL_SECONDS: RangeInclusive<u64> = 1..=3600;
 const RETENTION_SECONDS: RangeInclusive<u64> = 60..=31 * 86_400;
 const WS_CLIENTS: RangeInclusive<u64> = 1..=100_000;
+const CONTAINERS: RangeInclusive<u64> = 1..=100_000;
 
 impl Config {
     /// Loads `path`. A missing file at the default path means defaults; a missing
@@ -195,6 +201,20 @@ impl Config {
                 WS_CLIENTS,
                 defaults.max_ws_clients as u64,
             )? as usize,
+            containers: ContainerSettings {
+                max_containers: bounded(
+                    "monitoring.max_containers",
+                    &monitoring.max_containers,
+                    CONTAINERS,
+                    defaults.containers.max_containers as u64,
+                )? as usize,
+                max_containers_per_user: bounded(
+                    "monitoring.max_containers_per_user",
+                    &monitoring.max_containers_per_user,
+                    CONTAINERS,
+                    defaults.containers.max_containers_per_user as u64,
+                )? as usize,
+            },
             alerts: file
                 .alerts
                 .iter()

@@ -3,14 +3,20 @@
 //!
 //! Each series keeps two ring buffers: every sample for the most recent
 //! [`RAW_WINDOW_SECONDS`], and [`BUCKET_SECONDS`] buckets of min/avg/max for the rest
-//! of `history_retention`. Both are bounded, so memory per series is fixed (see
-//! [`bytes_per_series`]). Collectors record after each cycle; HTTP handlers query.
+//! of `history_retention`. Both are bounded by time and by entry count, so memory
+//! per series is fixed (see [`bytes_per_series`]) whatever the wall clock does:
+//! samples are placed on the steady clock ([`crate::clock`]) and shown on the wall
+//! clock as it reads when queried. Collectors record after each cycle; HTTP handlers
+//! query.
 
 use std::collections::{HashMap, VecDeque};
 
 use serde::Serialize;
 
-use crate::model::{ContainerMetrics, DiskKind, NodeMetrics};
+use crate::{
+    clock::Stamp,
+    model::{ContainerMetrics, DiskKind, NodeMetrics},
+};
 
 /// Full-resolution window.
 pub const RAW_WINDOW_SECONDS: u64 = 3600;
@@ -179,18 +185,21 @@ impl History {
         }
     }
 
-    /// Records one sample; non-finite values are skipped.
-    pub fn record(&mut self, scope: Scope, metric: &'static str, timestamp: u64, value: f64) {
+    /// Records one sample taken at `steady` seconds ([`crate::clock::Stamp::steady`]);
+    /// non-finite values are skipped.
+    pub fn record(&mut self, scope: Scope, metric: &'static str, steady: u64, value: f64) {
         if !value.is_finite() {
             return;
         }
         let retention = self.retention;
+        let raw_window = RAW_WINDOW_SECONDS.min(retention);
         let series = self.series.entry((scope, metric)).or_default();
-        series.raw.push_back((timestamp, value));
-        // Samples leaving the raw window are kept as buckets.
-        let raw_cutoff = timestamp.saturating_sub(RAW_WINDOW_SECONDS.min(retention));
+        series.raw.push_back((steady, value));
+        // Samples leaving the raw window are kept as buckets. The count cap (one
+        // sample a second, the shortest interval) holds even if time misbehaves.
+        let raw_cutoff = steady.saturating_sub(raw_window);
         while let Some(&(old, old_value)) = series.raw.front() {
-            if old >= raw_cutoff {
+            if old >= raw_cutoff && series.raw.len() as u64 <= raw_window + 1 {
                 break;
             }
             series.raw.pop_front();
@@ -211,12 +220,11 @@ impl History {
                 }),
             }
         }
-        let cutoff = timestamp.saturating_sub(retention);
-        while series
-            .buckets
-            .front()
-            .is_some_and(|bucket| bucket.start + BUCKET_SECONDS <= cutoff)
-        {
+        let cutoff = steady.saturating_sub(retention);
+        let max_buckets = (retention / BUCKET_SECONDS + 1) as usize;
+        while series.buckets.front().is_some_and(|bucket| {
+            bucket.start + BUCKET_SECONDS <= cutoff || series.buckets.len() > max_buckets
+        }) {
             series.buckets.pop_front();
         }
     }
@@ -229,19 +237,21 @@ impl History {
         });
     }
 
-    /// Points of the last `range` seconds before `now`. With `step` at or below the
-    /// data's own spacing, raw values; otherwise min/avg/max per `step`.
+    /// Points of the last `range` seconds before `at`, timestamped on the wall clock
+    /// as it reads at `at`. With `step` at or below the data's own spacing, raw
+    /// values; otherwise min/avg/max per `step`.
     pub fn query(
         &self,
         scope: &Scope,
         metric: &'static str,
-        now: u64,
+        at: Stamp,
         range: u64,
         step: u64,
     ) -> Vec<Point> {
         let Some(series) = self.series.get(&(scope.clone(), metric)) else {
             return Vec::new();
         };
+        let now = at.steady;
         let from = now.saturating_sub(range);
         let raw = series
             .raw
@@ -260,7 +270,10 @@ impl History {
             .any(|bucket| bucket.start + BUCKET_SECONDS > from);
         if step <= spacing && !buckets_needed {
             return raw
-                .map(|&(timestamp, value)| Point::Raw { timestamp, value })
+                .map(|&(steady, value)| Point::Raw {
+                    timestamp: at.unix_of(steady),
+                    value,
+                })
                 .collect();
         }
         // Re-aggregate buckets and raw samples into `step`-wide windows.
@@ -303,7 +316,7 @@ impl History {
         windows
             .into_iter()
             .map(|window| Point::Aggregate {
-                timestamp: window.start,
+                timestamp: at.unix_of(window.start),
                 min: window.min,
                 avg: window.sum / f64::from(window.count),
                 max: window.max,
@@ -331,13 +344,21 @@ pub fn metric_name(
 mod tests {
     use super::*;
 
+    /// An instant with no wall-clock step.
+    fn steady(seconds: u64) -> Stamp {
+        Stamp {
+            unix: seconds,
+            steady: seconds,
+        }
+    }
+
     #[test]
     fn recent_samples_come_back_raw() {
         let mut history = History::new(86_400);
         for t in 0..10 {
             history.record(Scope::Node, "cpu_usage", 1000 + t * 5, t as f64);
         }
-        let points = history.query(&Scope::Node, "cpu_usage", 1045, 20, 5);
+        let points = history.query(&Scope::Node, "cpu_usage", steady(1045), 20, 5);
         assert_eq!(
             points,
             (5..10)
@@ -355,7 +376,7 @@ mod tests {
         for (t, value) in [(0, 1.0), (5, 3.0), (10, 8.0), (15, 0.0)] {
             history.record(Scope::Node, "cpu_usage", 600 + t, value);
         }
-        let points = history.query(&Scope::Node, "cpu_usage", 615, 60, 10);
+        let points = history.query(&Scope::Node, "cpu_usage", steady(615), 60, 10);
         assert_eq!(
             points,
             [
@@ -389,7 +410,7 @@ mod tests {
         let all = history.query(
             &Scope::Node,
             "load_average_1m",
-            now,
+            steady(now),
             2 * 3600,
             BUCKET_SECONDS,
         );
@@ -407,7 +428,7 @@ mod tests {
                 .query(
                     &Scope::Node,
                     "load_average_1m",
-                    now,
+                    steady(now),
                     10 * 3600,
                     BUCKET_SECONDS
                 )
@@ -415,6 +436,44 @@ mod tests {
                 <= all.len() + 1
         );
         assert!(bytes_per_series(86_400, 5) < 32 * 1024);
+    }
+
+    #[test]
+    fn wall_clock_steps_keep_memory_bounded_and_points_in_order() {
+        let mut history = History::new(2 * 3600);
+        // Five hours of 1 s samples: expiry and the count caps follow the steady
+        // clock, whatever the wall clock did meanwhile.
+        for second in 0..5 * 3600u64 {
+            history.record(Scope::Node, "cpu_usage", 500_000 + second, 1.0);
+        }
+        let series = &history.series[&(Scope::Node, "cpu_usage")];
+        assert!(series.raw.len() as u64 <= RAW_WINDOW_SECONDS + 1);
+        assert!(series.buckets.len() as u64 <= 2 * 3600 / BUCKET_SECONDS + 1);
+        // Queried after the wall clock was stepped back a day: the last minute is
+        // still the last minute, shown on the wall clock as it reads now.
+        let now = Stamp {
+            unix: 500_000 + 5 * 3600 - 1 - 86_400,
+            steady: 500_000 + 5 * 3600 - 1,
+        };
+        let points = history.query(&Scope::Node, "cpu_usage", now, 60, 1);
+        assert_eq!(points.len(), 61);
+        assert_eq!(
+            points.last(),
+            Some(&Point::Raw {
+                timestamp: now.unix,
+                value: 1.0
+            })
+        );
+    }
+
+    #[test]
+    fn entry_counts_are_capped_even_when_time_stands_still() {
+        let mut history = History::new(3600);
+        for _ in 0..20_000 {
+            history.record(Scope::Node, "cpu_usage", 7, 1.0);
+        }
+        let series = &history.series[&(Scope::Node, "cpu_usage")];
+        assert!(series.raw.len() as u64 <= RAW_WINDOW_SECONDS + 1);
     }
 
     #[test]

@@ -25,6 +25,30 @@ struct Args {
     max_ws_clients: Option<u64>,
 }
 
+impl Args {
+    /// The config file, with the command line's overrides applied.
+    fn load_config(&self) -> Result<Config, config::ConfigError> {
+        let path = self
+            .config
+            .clone()
+            .unwrap_or_else(|| config::DEFAULT_PATH.into());
+        let mut config = Config::load(&path, self.config.is_some())?;
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        if let Some(seconds) = self.node_metrics_interval {
+            config.node_metrics_interval = Duration::from_secs(seconds);
+        }
+        if let Some(seconds) = self.vm_metrics_interval {
+            config.vm_metrics_interval = Duration::from_secs(seconds);
+        }
+        if let Some(clients) = self.max_ws_clients {
+            config.max_ws_clients = clients as usize;
+        }
+        Ok(config)
+    }
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -34,29 +58,13 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
-    let config_path = args
-        .config
-        .clone()
-        .unwrap_or_else(|| config::DEFAULT_PATH.into());
-    let mut config = match Config::load(&config_path, args.config.is_some()) {
+    let config = match args.load_config() {
         Ok(config) => config,
         Err(error) => {
             eprintln!("horcrux-agent: {error}");
             return ExitCode::from(2);
         }
     };
-    if let Some(listen) = args.listen {
-        config.listen = listen;
-    }
-    if let Some(seconds) = args.node_metrics_interval {
-        config.node_metrics_interval = Duration::from_secs(seconds);
-    }
-    if let Some(seconds) = args.vm_metrics_interval {
-        config.vm_metrics_interval = Duration::from_secs(seconds);
-    }
-    if let Some(clients) = args.max_ws_clients {
-        config.max_ws_clients = clients as usize;
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -67,7 +75,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(horcrux_agent::run(config)) {
+    // SIGHUP reloads the same file, with the same command-line overrides.
+    let reload = move || args.load_config();
+    match runtime.block_on(horcrux_agent::run(config, reload)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("horcrux-agent: {error}");

@@ -41,8 +41,18 @@ pub struct NodeMetrics {
     pub disks: Option<Vec<DiskMetrics>>,
     pub network: Option<Vec<NetworkMetrics>>,
     pub filesystems: Option<Vec<FilesystemMetrics>>,
+    /// Mounts whose `statvfs` did not answer in time (a hung NFS server, a stopped
+    /// FUSE daemon): left out of `filesystems` and skipped until they answer.
+    pub stale_filesystems: Vec<StaleFilesystem>,
     /// Node totals of the eBPF programs (`null` when none is attached).
     pub ebpf: Option<EbpfMetrics>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StaleFilesystem {
+    pub mount_point: String,
+    pub device: String,
+    pub fs_type: String,
 }
 
 impl NodeMetrics {
@@ -339,6 +349,8 @@ pub struct ContainerMetrics {
     pub pod: Option<Pod>,
     /// The cgroup path, the same below every hierarchy root (e.g. `/docker/<id>`).
     pub cgroup: String,
+    /// The user whose rootless container this is (`null`: a root container).
+    pub owner_uid: Option<u32>,
     pub timestamp: u64,
     pub cpu: Option<ContainerCpu>,
     pub memory: Option<ContainerMemory>,

@@ -62,7 +62,7 @@ fn hybrid_host(root: &Path) -> Hierarchies {
 fn discovers_v2_containers_and_ignores_helpers() {
     let hierarchies = v2_host(&fixtures());
     assert_eq!(hierarchies.mode(), CgroupMode::V2);
-    let found = discovery::discover(&hierarchies.discovery_roots());
+    let found = discovery::discover(&hierarchies.discovery_roots()).containers;
     let summary: Vec<(Runtime, &str)> = found.iter().map(|c| (c.runtime, c.id.as_str())).collect();
     let (a, b, c) = (id('a'), id('b'), id('c'));
     assert_eq!(
@@ -85,7 +85,7 @@ fn discovers_v2_containers_and_ignores_helpers() {
 fn discovers_v1_and_hybrid_containers_once_each() {
     let hierarchies = hybrid_host(&fixtures());
     assert_eq!(hierarchies.mode(), CgroupMode::Hybrid);
-    let found = discovery::discover(&hierarchies.discovery_roots());
+    let found = discovery::discover(&hierarchies.discovery_roots()).containers;
     let summary: Vec<(Runtime, String)> = found.iter().map(|c| (c.runtime, c.id.clone())).collect();
     assert_eq!(
         summary,
@@ -269,7 +269,11 @@ fn container_collector_over_fixtures_reports_availability_and_state_changes() {
     let root = fixtures();
     // A /proc capture: diskstats names the devices; it has no container pids.
     let proc_root = root.join("../proc/real");
-    let mut collector = ContainerCollector::new(CgroupReader::new(v2_host(&root), true), proc_root);
+    let mut collector = ContainerCollector::new(
+        CgroupReader::new(v2_host(&root), true),
+        proc_root,
+        Default::default(),
+    );
     let first = collector.collect(100, None);
     assert_eq!(first.containers.len(), 4);
     assert_eq!(first.changes.len(), 4, "every container appears");

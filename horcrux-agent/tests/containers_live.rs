@@ -29,7 +29,11 @@ fn collect(cgroup: &TestCgroup, collector: &mut ContainerCollector) -> Container
 
 fn collector() -> ContainerCollector {
     let psi = std::fs::read_to_string("/proc/pressure/cpu").is_ok();
-    ContainerCollector::new(CgroupReader::new(hierarchies(), psi), "/proc")
+    ContainerCollector::new(
+        CgroupReader::new(hierarchies(), psi),
+        "/proc",
+        Default::default(),
+    )
 }
 
 fn between(what: &str, low: u64, value: u64, high: u64) {

@@ -38,6 +38,9 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
 /// A container-like cgroup `docker/<random 64-hex id>` in every hierarchy.
 pub struct TestCgroup {
     pub id: String,
+    /// Below every hierarchy root: `<parent>/<leaf>`.
+    parent: String,
+    leaf: String,
     hierarchies: Hierarchies,
     dirs: Vec<PathBuf>,
     /// `docker/` parents that did not exist before the test.
@@ -48,11 +51,21 @@ pub struct TestCgroup {
 
 impl TestCgroup {
     pub fn new() -> Self {
-        Self::with_id((0..4).map(|_| format!("{:016x}", rand_u64())).collect())
+        Self::with_id(random_id())
     }
 
     /// A cgroup for the 64-hex `id` (tests of id prefixes choose their own).
     pub fn with_id(id: String) -> Self {
+        Self::at("docker", id.clone(), id)
+    }
+
+    /// A Podman-like cgroup `libpod_parent/libpod-<random id>`.
+    pub fn podman() -> Self {
+        let id = random_id();
+        Self::at("libpod_parent", format!("libpod-{id}"), id)
+    }
+
+    fn at(parent: &str, leaf: String, id: String) -> Self {
         let hierarchies = hierarchies();
         let mut roots: Vec<PathBuf> = hierarchies.v1.values().cloned().collect();
         roots.sort();
@@ -60,6 +73,8 @@ impl TestCgroup {
         roots.extend(hierarchies.unified.clone());
         let mut cgroup = Self {
             id,
+            parent: parent.to_owned(),
+            leaf,
             hierarchies,
             dirs: Vec::new(),
             created_parents: Vec::new(),
@@ -67,12 +82,12 @@ impl TestCgroup {
             namespaces: Vec::new(),
         };
         for root in roots {
-            let parent = root.join("docker");
+            let parent = root.join(&cgroup.parent);
             if !parent.exists() {
                 create_dir(&parent, &root);
                 cgroup.created_parents.push(parent.clone());
             }
-            let dir = parent.join(&cgroup.id);
+            let dir = parent.join(&cgroup.leaf);
             create_dir(&dir, &root);
             cgroup.dirs.push(dir);
         }
@@ -81,14 +96,14 @@ impl TestCgroup {
 
     pub fn controller_file(&self, controller: &str, file: &str) -> PathBuf {
         self.hierarchies.v1[controller]
-            .join("docker")
-            .join(&self.id)
+            .join(&self.parent)
+            .join(&self.leaf)
             .join(file)
     }
 
     /// The cgroup's path below every hierarchy root, as the agent names it.
     pub fn relative_path(&self) -> String {
-        format!("docker/{}", self.id)
+        format!("{}/{}", self.parent, self.leaf)
     }
 
     /// Process ids in the cgroup (read from the memory hierarchy).
@@ -188,6 +203,11 @@ fn create_dir(dir: &Path, root: &Path) {
                 .unwrap_or_else(|error| panic!("{file}: {error}"));
         }
     }
+}
+
+/// A random 64-hex-digit container id.
+pub fn random_id() -> String {
+    (0..4).map(|_| format!("{:016x}", rand_u64())).collect()
 }
 
 fn rand_u64() -> u64 {

@@ -39,21 +39,45 @@ pub async fn wait_for_message(socket: &mut Socket, wanted: impl Fn(&Value) -> bo
 pub struct Agent {
     child: Child,
     pub addr: SocketAddr,
-    _config: tempfile::NamedTempFile,
+    config: tempfile::NamedTempFile,
 }
 
 impl Agent {
     /// Starts the agent with `config` as its config file and a 1 s node interval.
     pub fn start(config: &str) -> Agent {
-        Self::spawn(config, None)
+        Self::spawn(config, None, &[])
     }
 
     /// The same as user `nobody` (65534): what an agent without root gets.
     pub fn start_unprivileged(config: &str) -> Agent {
-        Self::spawn(config, Some(65534))
+        Self::spawn(config, Some(65534), &[])
     }
 
-    fn spawn(config: &str, user: Option<u32>) -> Agent {
+    /// The same, with extra environment variables.
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Agent {
+        Self::spawn(config, None, env)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Replaces the config file's text (the agent reads it again on SIGHUP).
+    pub fn rewrite_config(&self, text: &str) {
+        std::fs::write(self.config.path(), text).expect("rewrite config");
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, signal).expect("signal the agent");
+    }
+
+    /// Still running (not exited).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    fn spawn(config: &str, user: Option<u32>, env: &[(&str, &str)]) -> Agent {
         use std::os::unix::{fs::PermissionsExt, process::CommandExt};
         let mut file = tempfile::NamedTempFile::new().expect("temp config");
         file.write_all(config.as_bytes()).expect("write config");
@@ -65,6 +89,7 @@ impl Agent {
             command.uid(id).gid(id);
         }
         let child = command
+            .envs(env.iter().copied())
             .arg("--config")
             .arg(file.path())
             .args([
@@ -80,7 +105,7 @@ impl Agent {
         Agent {
             child,
             addr,
-            _config: file,
+            config: file,
         }
     }
 
@@ -108,6 +133,22 @@ impl Agent {
             {
                 return status;
             }
+            assert!(
+                Instant::now() < deadline,
+                "agent at {} never became ready",
+                self.addr
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until `/readyz` answers 200: collection is complete (30 s at most).
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !reqwest::get(self.url("/readyz"))
+            .await
+            .is_ok_and(|response| response.status().is_success())
+        {
             assert!(
                 Instant::now() < deadline,
                 "agent at {} never became ready",

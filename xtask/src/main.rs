@@ -19,7 +19,8 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// What the tests run or compare against: `free`/`uptime` (procps), `ip` (iproute2),
 /// `df` (coreutils), real container runtimes and a busybox-static image root,
 /// Prometheus and promtool, Chromium and chromedriver for the dashboard test,
-/// bpftool (an independent BTF reader) and taskset (util-linux) for the eBPF tests.
+/// bpftool (an independent BTF reader) and taskset (util-linux) for the eBPF tests,
+/// bindfs (a FUSE daemon to stop) for the hung-mount test.
 const TEST_PACKAGES: &[&str] = &[
     "bpftool",
     "util-linux",
@@ -36,6 +37,7 @@ const TEST_PACKAGES: &[&str] = &[
     "chromium",
     "chromium-driver",
     "curl",
+    "bindfs",
 ];
 /// What the benchmarks run: node_exporter (the collection-cost reference); perf
 /// (sched pipe), fio, hackbench (rt-tests) and the libbpf-tools references
@@ -337,5 +339,13 @@ fn test(args: &[String]) -> Result {
     ])?;
     let mut test = vec!["test", "--workspace"];
     test.extend(args.iter().map(String::as_str));
+    // Root-only tests are `#[ignore = "needs root: …"]`: a non-root run lists them
+    // as ignored; as root (CI) they run too.
+    if is_root() {
+        if !args.iter().any(|arg| arg == "--") {
+            test.push("--");
+        }
+        test.push("--include-ignored");
+    }
     cargo(&test)
 }

@@ -1,19 +1,23 @@
-//! Recognises container cgroups by their path, as each runtime names them:
+//! Recognises container cgroups by their path, as each runtime names them, and
+//! only where that runtime puts them: a directory that an unprivileged user can
+//! create (in a delegated subtree) must not pass for a root container.
 //!
 //! | runtime | cgroup path (relative to a hierarchy root) |
 //! |---|---|
 //! | Docker, systemd driver | `system.slice/docker-<id>.scope` |
 //! | Docker, cgroupfs driver | `docker/<id>` |
-//! | Podman | `machine.slice/libpod-<id>.scope`, `libpod_parent/libpod-<id>`, rootless `user.slice/…/libpod-<id>.scope` |
-//! | containerd (CRI) | `kubepods.slice/…/cri-containerd-<id>.scope` |
-//! | CRI-O | `kubepods.slice/…/crio-<id>.scope` |
+//! | Podman | `machine.slice/libpod-<id>.scope`, `libpod_parent/libpod-<id>` |
+//! | containerd (CRI) | `kubepods…/…/cri-containerd-<id>.scope` |
+//! | CRI-O | `kubepods…/…/crio-<id>.scope` |
 //! | Kubernetes, cgroupfs driver | `kubepods/[burstable\|besteffort/]pod<uid>/<id>` |
-//! | LXC / Incus | `lxc.payload.<name>`, `lxc/<name>` |
+//! | LXC / Incus | `lxc.payload.<name>`, `lxc/<name>` (at the top) |
+//! | rootless Podman / Docker | `user.slice/…/user@<uid>.service/…/libpod-<id>.scope` or `docker-<id>.scope` |
 //!
 //! `<id>` is 64 hex digits. Helper cgroups (`libpod-conmon-…`, `crio-conmon-…`,
 //! `lxc.monitor.…`, `lxc.pivot`, `….mount`) do not match, and the walk does not
 //! descend into a recognised container (its `init.scope` and other children belong
-//! to it).
+//! to it). A rootless candidate is only a candidate: the collector accepts it once
+//! a runtime process of that user is found running it ([`crate::process`]).
 
 use std::{collections::HashSet, path::Path};
 
@@ -21,6 +25,9 @@ use serde::Serialize;
 
 /// Deepest cgroup the walk visits (rootless Podman sits about 6 levels down).
 const MAX_DEPTH: usize = 12;
+/// Directories visited per walk at most: a user can create any number in a
+/// delegated subtree, and the walk must stay bounded.
+pub const MAX_WALKED: usize = 200_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -56,65 +63,109 @@ pub struct DiscoveredContainer {
     pub pod: Option<Pod>,
     /// Path below each hierarchy's root, without a leading `/` (e.g. `docker/<id>`).
     pub relative_path: String,
+    /// `Some(uid)` for a rootless container in that user's delegated subtree.
+    pub owner_uid: Option<u32>,
+}
+
+/// One walk's findings.
+#[derive(Debug, Default)]
+pub struct Discovered {
+    pub containers: Vec<DiscoveredContainer>,
+    /// The walk stopped at [`MAX_WALKED`] directories.
+    pub truncated: bool,
 }
 
 /// Walks each root and returns every container found in any of them, once.
-pub fn discover(roots: &[&Path]) -> Vec<DiscoveredContainer> {
-    let mut found: Vec<DiscoveredContainer> = Vec::new();
+pub fn discover(roots: &[&Path]) -> Discovered {
+    let mut found = Discovered::default();
     let mut seen = HashSet::new();
+    let mut walked = 0usize;
     for root in roots {
-        super::walk(root, |relative, _| match classify(relative) {
-            Some(container) => {
-                if seen.insert(container.relative_path.clone()) {
-                    found.push(container);
-                }
-                false
+        super::walk(root, |relative, _| {
+            walked += 1;
+            if walked > MAX_WALKED {
+                found.truncated = true;
+                return false;
             }
-            None => relative.split('/').count() <= MAX_DEPTH,
+            match classify(relative) {
+                Some(container) => {
+                    if seen.insert(container.relative_path.clone()) {
+                        found.containers.push(container);
+                    }
+                    false
+                }
+                None => relative.split('/').count() <= MAX_DEPTH,
+            }
         });
     }
-    found.sort_by(|a, b| a.relative_path.cmp(&b.relative_path));
+    found
+        .containers
+        .sort_by(|a, b| a.relative_path.cmp(&b.relative_path));
     found
 }
 
 /// Recognises one relative cgroup path.
 pub fn classify(relative_path: &str) -> Option<DiscoveredContainer> {
-    let mut segments = relative_path.rsplit('/');
-    let last = segments.next()?;
-    let parent = segments.next().unwrap_or("");
-    let (runtime, id) = if let Some(id) = scope_id(last, "docker-") {
-        (Runtime::Docker, id)
-    } else if parent == "docker" && is_container_id(last) {
-        (Runtime::Docker, last)
-    } else if let Some(id) = scope_id(last, "libpod-") {
-        (Runtime::Podman, id)
-    } else if parent == "libpod_parent" && last.strip_prefix("libpod-").is_some_and(is_container_id)
-    {
-        (Runtime::Podman, &last["libpod-".len()..])
-    } else if let Some(id) = scope_id(last, "cri-containerd-") {
-        (Runtime::Containerd, id)
-    } else if let Some(id) = scope_id(last, "crio-") {
-        (Runtime::Crio, id)
-    } else if is_container_id(last)
-        && parent.starts_with("pod")
-        && relative_path.starts_with("kubepods")
-    {
-        (Runtime::Cri, last)
-    } else if let Some(name) = last.strip_prefix("lxc.payload.") {
-        (Runtime::Lxc, name)
-    } else if parent == "lxc" && relative_path == format!("lxc/{last}") {
-        (Runtime::Lxc, last)
-    } else {
-        return None;
+    let segments: Vec<&str> = relative_path.split('/').collect();
+    let (&last, parents) = segments.split_last()?;
+    let container = |runtime, id: &str, owner_uid| {
+        (!id.is_empty()).then(|| DiscoveredContainer {
+            id: id.to_owned(),
+            runtime,
+            pod: pod_of(relative_path),
+            relative_path: relative_path.to_owned(),
+            owner_uid,
+        })
     };
-    if id.is_empty() {
+    // A user's delegated subtree: only rootless Podman and Docker scopes, for that user.
+    if let Some(uid) = delegated_user(parents) {
+        return if let Some(id) = scope_id(last, "libpod-") {
+            container(Runtime::Podman, id, Some(uid))
+        } else if let Some(id) = scope_id(last, "docker-") {
+            container(Runtime::Docker, id, Some(uid))
+        } else {
+            None
+        };
+    }
+    match parents {
+        ["system.slice"] => container(Runtime::Docker, scope_id(last, "docker-")?, None),
+        ["docker"] if is_container_id(last) => container(Runtime::Docker, last, None),
+        ["machine.slice"] => container(Runtime::Podman, scope_id(last, "libpod-")?, None),
+        ["libpod_parent"] => container(
+            Runtime::Podman,
+            last.strip_prefix("libpod-")
+                .filter(|id| is_container_id(id))?,
+            None,
+        ),
+        [top, .., parent] if top.starts_with("kubepods") => {
+            if let Some(id) = scope_id(last, "cri-containerd-") {
+                container(Runtime::Containerd, id, None)
+            } else if let Some(id) = scope_id(last, "crio-") {
+                container(Runtime::Crio, id, None)
+            } else if *top == "kubepods" && parent.starts_with("pod") && is_container_id(last) {
+                container(Runtime::Cri, last, None)
+            } else {
+                None
+            }
+        }
+        [] => container(Runtime::Lxc, last.strip_prefix("lxc.payload.")?, None),
+        ["lxc"] => container(Runtime::Lxc, last, None),
+        _ => None,
+    }
+}
+
+/// The uid of a `user.slice/…/user@<uid>.service/…` path: systemd delegates that
+/// subtree to the user.
+fn delegated_user(parents: &[&str]) -> Option<u32> {
+    if parents.first() != Some(&"user.slice") {
         return None;
     }
-    Some(DiscoveredContainer {
-        id: id.to_owned(),
-        runtime,
-        pod: pod_of(relative_path),
-        relative_path: relative_path.to_owned(),
+    parents.iter().find_map(|segment| {
+        segment
+            .strip_prefix("user@")?
+            .strip_suffix(".service")?
+            .parse()
+            .ok()
     })
 }
 
@@ -178,12 +229,6 @@ mod tests {
             (format!("libpod_parent/libpod-{ID}"), Runtime::Podman),
             (
                 format!(
-                    "user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope"
-                ),
-                Runtime::Podman,
-            ),
-            (
-                format!(
                     "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1a2b_3c.slice/cri-containerd-{ID}.scope"
                 ),
                 Runtime::Containerd,
@@ -221,6 +266,49 @@ mod tests {
         ] {
             assert_eq!(runtime(&path), None, "{path}");
         }
+    }
+
+    #[test]
+    fn runtime_names_count_only_where_the_runtime_puts_them() {
+        for path in [
+            // What a user can create in a delegated subtree, or a service elsewhere.
+            format!("user.slice/user-1000.slice/user@1000.service/app.slice/x/docker/{ID}"),
+            "user.slice/user-1000.slice/user@1000.service/lxc.payload.x".to_owned(),
+            format!("user.slice/user-1000.slice/user@1000.service/kubepods/pod1/{ID}"),
+            format!("system.slice/foo.service/docker-{ID}.scope"),
+            format!("system.slice/foo.service/docker/{ID}"),
+            format!("x/machine.slice/libpod-{ID}.scope"),
+            format!("other/libpod_parent/libpod-{ID}"),
+            "system.slice/lxc.payload.x".to_owned(),
+            "a/lxc/web".to_owned(),
+            format!("kube/kubepods/pod1/{ID}"),
+        ] {
+            assert_eq!(runtime(&path), None, "{path}");
+        }
+    }
+
+    #[test]
+    fn rootless_scopes_are_candidates_of_their_user() {
+        for (path, expected) in [
+            (
+                format!(
+                    "user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope"
+                ),
+                Runtime::Podman,
+            ),
+            (
+                format!("user.slice/user-1001.slice/user@1001.service/app.slice/docker-{ID}.scope"),
+                Runtime::Docker,
+            ),
+        ] {
+            let container = classify(&path).expect("candidate");
+            assert_eq!(container.runtime, expected);
+            assert!(container.owner_uid.is_some_and(|uid| uid >= 1000));
+        }
+        assert_eq!(
+            classify(&format!("user.slice/libpod-{ID}.scope")).map(|c| c.owner_uid),
+            None
+        );
     }
 
     #[test]

@@ -1,12 +1,16 @@
-//! The container collector: each cycle discovers container cgroups, reads their
-//! counters, derives rates through the rate cache, and reports which containers
-//! appeared, disappeared or changed state.
+//! The container collector: each cycle discovers container cgroups, admits those
+//! the trust rules and caps allow, reads their counters, derives rates through the
+//! rate cache, and reports which containers appeared, disappeared or changed state.
+//! Every piece of per-container state is keyed by cgroup path, never by id alone:
+//! a cgroup that claims another's id cannot touch that container's figures.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     path::PathBuf,
     time::Instant,
 };
+
+use serde::Serialize;
 
 use crate::{
     cgroup::{
@@ -28,22 +32,73 @@ use crate::{
 };
 
 const COLLECTOR: &str = "containers";
+/// Id conflicts listed in the discovery report at most (all are counted).
+const MAX_LISTED_CONFLICTS: usize = 20;
+
+/// Caps on what discovery admits (`[monitoring]` keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContainerSettings {
+    /// `max_containers`: containers collected per cycle at most.
+    pub max_containers: usize,
+    /// `max_containers_per_user`: rootless containers per user at most.
+    pub max_containers_per_user: usize,
+}
+
+impl Default for ContainerSettings {
+    fn default() -> Self {
+        Self {
+            max_containers: 10_000,
+            max_containers_per_user: 100,
+        }
+    }
+}
+
+/// What discovery accepted, refused and capped in one cycle (`/api/status`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DiscoveryReport {
+    pub containers: usize,
+    /// Rootless candidates (in a user's delegated subtree) that no runtime process of
+    /// that user runs: not containers.
+    pub unverified_rootless: u64,
+    /// Containers left out by `max_containers` (root containers are kept first).
+    pub over_max_containers: u64,
+    /// Rootless containers left out by `max_containers_per_user`, per uid.
+    pub over_user_limit: BTreeMap<u32, u64>,
+    /// The cgroup walk stopped at its directory limit.
+    pub walk_truncated: bool,
+    /// Ids claimed by more than one cgroup: each is shown, none is merged.
+    pub id_conflicts: Vec<IdConflict>,
+    pub id_conflict_count: usize,
+    /// Runtime metadata or process scans that did not answer in time.
+    pub stale_sources: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IdConflict {
+    pub id: String,
+    pub cgroups: Vec<String>,
+}
 
 pub struct ContainerCollector {
     reader: CgroupReader,
+    settings: ContainerSettings,
     proc: TextReader,
     proc_root: PathBuf,
     /// The agent's own network namespace: the one the node metrics describe.
     host_netns: Option<u64>,
     names: RuntimeNames,
-    /// usage, user, system CPU nanoseconds.
+    /// usage, user, system CPU nanoseconds, by cgroup path.
     cpu_time: RateTracker<String, 3>,
-    /// read bytes, write bytes.
+    /// read bytes, write bytes, by cgroup path.
     block_bytes: RateTracker<String, 2>,
-    /// rx bytes, tx bytes (keyed by container: each is credited its namespace's traffic).
+    /// rx bytes, tx bytes, by cgroup path (each container is credited its
+    /// namespace's traffic).
     network_bytes: RateTracker<String, 2>,
-    states: HashMap<String, (ContainerState, Option<String>, Runtime)>,
+    /// By cgroup path: (state, id, name, runtime).
+    states: HashMap<String, (ContainerState, String, Option<String>, Runtime)>,
     ebpf_intervals: HashMap<String, EbpfIntervals>,
+    /// The last report's refusals, to log when they change (not every cycle).
+    last_refusals: (u64, u64, usize),
     pub health: CollectorHealth,
 }
 
@@ -58,12 +113,19 @@ struct ContainerEbpf {
 pub struct ContainerCycle {
     pub containers: Vec<ContainerMetrics>,
     pub changes: Vec<VmStatusChangedMessage>,
+    pub discovery: DiscoveryReport,
 }
 
 impl ContainerCollector {
-    pub fn new(reader: CgroupReader, proc_root: impl Into<PathBuf>) -> Self {
+    pub fn new(
+        reader: CgroupReader,
+        proc_root: impl Into<PathBuf>,
+        settings: ContainerSettings,
+    ) -> Self {
         let proc_root = proc_root.into();
         Self {
+            settings,
+            last_refusals: (0, 0, 0),
             host_netns: process::own_netns_inode(&proc_root).ok(),
             names: RuntimeNames::new(proc_root.clone()),
             proc: TextReader::new(proc_root.clone()),
@@ -80,12 +142,13 @@ impl ContainerCollector {
 
     /// `ebpf`: the node collector's latest eBPF counters, if any program is attached.
     pub fn collect(&mut self, timestamp: u64, ebpf: Option<&EbpfCounters>) -> ContainerCycle {
-        let discovered = discovery::discover(&self.reader.hierarchies().discovery_roots());
-        self.names.refresh(
-            discovered
-                .iter()
-                .map(|container| (container.id.as_str(), container.runtime)),
-        );
+        let found = discovery::discover(&self.reader.hierarchies().discovery_roots());
+        let verdict = self.names.refresh(found.containers);
+        let (discovered, mut report) = admit(verdict.trusted, &self.settings);
+        report.unverified_rootless = verdict.unverified;
+        report.walk_truncated = found.truncated;
+        report.stale_sources = self.names.stuck();
+        self.log_refusals(&report);
         self.reader.begin_cycle(
             discovered
                 .iter()
@@ -99,9 +162,12 @@ impl ContainerCollector {
         let mut namespaces: HashMap<u64, Option<Vec<netdev::NetDevStat>>> = HashMap::new();
         let mut ebpf_shares = ebpf_per_container(ebpf, &discovered);
         if !self.ebpf_intervals.is_empty() {
-            let current: HashSet<&str> = discovered.iter().map(|c| c.id.as_str()).collect();
+            let current: HashSet<&str> = discovered
+                .iter()
+                .map(|c| c.relative_path.as_str())
+                .collect();
             self.ebpf_intervals
-                .retain(|id, _| current.contains(id.as_str()));
+                .retain(|path, _| current.contains(path.as_str()));
         }
         let mut containers = Vec::with_capacity(discovered.len());
         for (container, ebpf_share) in discovered.into_iter().zip(ebpf_shares.drain(..)) {
@@ -119,26 +185,28 @@ impl ContainerCollector {
                 counters.block_io = Ok(block_io_from_ebpf(entries));
             }
             for error in &counters.errors {
-                let source = error.path().display().to_string();
+                // Counted by file kind: per-container paths would grow without bound.
+                let file = error.path().file_name().map(|name| name.to_string_lossy());
+                let source = format!("cgroup {}", file.unwrap_or_default());
                 self.health
                     .record_error(COLLECTOR, &source, error.to_string(), timestamp);
             }
             let network = self.network(
-                &container.id,
+                &container.relative_path,
                 &counters.processes,
                 &mut namespaces,
                 timestamp,
             );
             let ebpf = ebpf.map(|ebpf| {
-                // Kept only while eBPF is attached; the id is cloned once per container.
-                if !self.ebpf_intervals.contains_key(&container.id) {
+                // Kept only while eBPF is attached; the path is cloned once per container.
+                if !self.ebpf_intervals.contains_key(&container.relative_path) {
                     self.ebpf_intervals
-                        .insert(container.id.clone(), EbpfIntervals::default());
+                        .insert(container.relative_path.clone(), EbpfIntervals::default());
                 }
                 let mut unused = EbpfIntervals::default();
                 let intervals = self
                     .ebpf_intervals
-                    .get_mut(&container.id)
+                    .get_mut(&container.relative_path)
                     .unwrap_or(&mut unused);
                 Box::new(EbpfMetrics::new(
                     ebpf.since,
@@ -158,9 +226,31 @@ impl ContainerCollector {
             ));
         }
         let changes = self.state_changes(&containers, timestamp);
+        report.containers = containers.len();
         ContainerCycle {
             containers,
             changes,
+            discovery: report,
+        }
+    }
+
+    /// Logs refusals and caps when they change, not every cycle.
+    fn log_refusals(&mut self, report: &DiscoveryReport) {
+        let over_users: u64 = report.over_user_limit.values().sum();
+        let refusals = (
+            report.unverified_rootless,
+            report.over_max_containers + over_users,
+            report.id_conflict_count,
+        );
+        if refusals != self.last_refusals {
+            tracing::warn!(
+                unverified_rootless = report.unverified_rootless,
+                over_max_containers = report.over_max_containers,
+                over_user_limit = over_users,
+                id_conflicts = report.id_conflict_count,
+                "container discovery refused or capped cgroups (see /api/status)"
+            );
+            self.last_refusals = refusals;
         }
     }
 
@@ -178,7 +268,7 @@ impl ContainerCollector {
             let rates = self
                 .cpu_time
                 .observe(
-                    container.id.clone(),
+                    container.relative_path.clone(),
                     [
                         cpu.usage_ns,
                         cpu.user_ns.unwrap_or(0),
@@ -240,7 +330,7 @@ impl ContainerCollector {
             let rates = self
                 .block_bytes
                 .observe(
-                    container.id.clone(),
+                    container.relative_path.clone(),
                     [totals.read_bytes_total, totals.write_bytes_total],
                 )
                 .map(|deltas| deltas.per_second());
@@ -277,7 +367,8 @@ impl ContainerCollector {
             network_tx_bytes: network
                 .as_ref()
                 .map(|network| network.totals.tx_bytes_total),
-            name: self.names.name(&container.id, container.runtime),
+            name: self.names.name(&container),
+            owner_uid: container.owner_uid,
             id: container.id,
             runtime: container.runtime,
             state,
@@ -298,7 +389,7 @@ impl ContainerCollector {
     /// The container's network namespace counters, read once per namespace per cycle.
     fn network(
         &mut self,
-        id: &str,
+        cgroup_path: &str,
         processes: &[u32],
         namespaces: &mut HashMap<u64, Option<Vec<netdev::NetDevStat>>>,
         timestamp: u64,
@@ -320,10 +411,9 @@ impl ContainerCollector {
                     Ok(interfaces) => Some(interfaces),
                     Err(error) => {
                         if !error.is_not_found() {
-                            let source = error.path().display().to_string();
                             self.health.record_error(
                                 COLLECTOR,
-                                &source,
+                                "/proc/<pid>/net/dev",
                                 error.to_string(),
                                 timestamp,
                             );
@@ -351,7 +441,7 @@ impl ContainerCollector {
         let rates = self
             .network_bytes
             .observe(
-                id.to_owned(),
+                cgroup_path.to_owned(),
                 [totals.rx_bytes_total, totals.tx_bytes_total],
             )
             .map(|deltas| deltas.per_second());
@@ -388,7 +478,10 @@ impl ContainerCollector {
         let mut changes = Vec::new();
         let mut current = HashMap::with_capacity(containers.len());
         for container in containers {
-            let old = self.states.remove(&container.id).map(|(state, _, _)| state);
+            let old = self
+                .states
+                .remove(&container.cgroup)
+                .map(|(state, ..)| state);
             if old != Some(container.state) {
                 changes.push(VmStatusChangedMessage {
                     kind: "VmStatusChanged",
@@ -401,12 +494,17 @@ impl ContainerCollector {
                 });
             }
             current.insert(
-                container.id.clone(),
-                (container.state, container.name.clone(), container.runtime),
+                container.cgroup.clone(),
+                (
+                    container.state,
+                    container.id.clone(),
+                    container.name.clone(),
+                    container.runtime,
+                ),
             );
         }
         // Whatever is left was not seen this cycle: gone.
-        for (id, (state, name, runtime)) in self.states.drain() {
+        for (_, (state, id, name, runtime)) in self.states.drain() {
             changes.push(VmStatusChangedMessage {
                 kind: "VmStatusChanged",
                 vm_id: id,
@@ -420,6 +518,57 @@ impl ContainerCollector {
         self.states = current;
         changes
     }
+}
+
+/// Applies the caps: root containers first (in path order), then each user's
+/// rootless ones up to `max_containers_per_user`, all up to `max_containers`; and
+/// finds ids claimed by more than one cgroup. Nothing is dropped uncounted.
+fn admit(
+    trusted: Vec<DiscoveredContainer>,
+    settings: &ContainerSettings,
+) -> (Vec<DiscoveredContainer>, DiscoveryReport) {
+    let mut report = DiscoveryReport::default();
+    let (root, rootless): (Vec<_>, Vec<_>) = trusted
+        .into_iter()
+        .partition(|container| container.owner_uid.is_none());
+    let mut per_user: HashMap<u32, usize> = HashMap::new();
+    let mut admitted = Vec::with_capacity(root.len().min(settings.max_containers));
+    for container in root.into_iter().chain(rootless) {
+        if let Some(uid) = container.owner_uid {
+            let count = per_user.entry(uid).or_default();
+            if *count >= settings.max_containers_per_user {
+                *report.over_user_limit.entry(uid).or_default() += 1;
+                continue;
+            }
+            *count += 1;
+        }
+        if admitted.len() >= settings.max_containers {
+            report.over_max_containers += 1;
+            continue;
+        }
+        admitted.push(container);
+    }
+    admitted.sort_by(|a, b| a.relative_path.cmp(&b.relative_path));
+    let mut by_id: HashMap<&str, Vec<&str>> = HashMap::new();
+    for container in &admitted {
+        by_id
+            .entry(&container.id)
+            .or_default()
+            .push(&container.relative_path);
+    }
+    let mut conflicts: Vec<IdConflict> = by_id
+        .into_iter()
+        .filter(|(_, cgroups)| cgroups.len() > 1)
+        .map(|(id, cgroups)| IdConflict {
+            id: id.to_owned(),
+            cgroups: cgroups.iter().map(|path| format!("/{path}")).collect(),
+        })
+        .collect();
+    conflicts.sort_by(|a, b| a.id.cmp(&b.id));
+    report.id_conflict_count = conflicts.len();
+    conflicts.truncate(MAX_LISTED_CONFLICTS);
+    report.id_conflicts = conflicts;
+    (admitted, report)
 }
 
 /// Each container's share of the eBPF counters, in `discovered` order: a cgroup's

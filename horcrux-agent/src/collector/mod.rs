@@ -9,10 +9,14 @@
 pub mod containers;
 pub mod health;
 pub mod node;
+pub mod supervisor;
 
 use std::{
-    sync::{Arc, Mutex},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use axum::extract::ws::Utf8Bytes;
@@ -22,6 +26,7 @@ use crate::{
     alerts::{AlertEngine, Target},
     cgroup::Hierarchies,
     cgroup::stats::CgroupReader,
+    clock::{self, Stamp},
     ebpf::{EbpfPrograms, EbpfStatus, counters::EbpfCounters},
     history::{self, History, Scope},
     model::{
@@ -29,9 +34,10 @@ use crate::{
         VmMetricsMessage,
     },
 };
-use containers::ContainerCollector;
+use containers::{ContainerCollector, ContainerSettings, DiscoveryReport};
 use health::CollectorHealth;
 use node::{NodeCollector, NodeSources};
+use supervisor::CollectorStatus;
 
 /// What one node cycle publishes.
 #[derive(Debug)]
@@ -51,6 +57,8 @@ pub struct NodeSnapshot {
 #[derive(Debug)]
 pub struct ContainerSnapshot {
     pub containers: Vec<ContainerMetrics>,
+    /// What discovery accepted, refused and capped this cycle.
+    pub discovery: DiscoveryReport,
     pub health: CollectorHealth,
     pub timestamp: u64,
 }
@@ -77,7 +85,7 @@ impl<T> Outputs<T> {
 
     /// Records series in history (when enabled) and evaluates the alert rules of one
     /// scope on them; returns the alert messages to send.
-    fn record(&self, scope_is_node: bool, targets: &[Target], now: u64) -> Vec<Utf8Bytes> {
+    fn record(&self, scope_is_node: bool, targets: &[Target], at: Stamp) -> Vec<Utf8Bytes> {
         if let Some(history) = &self.history {
             let mut history = history
                 .lock()
@@ -86,14 +94,14 @@ impl<T> Outputs<T> {
                 let scope = if scope_is_node {
                     Scope::Node
                 } else {
-                    Scope::Container(target.id.to_owned())
+                    Scope::Container(target.key.to_owned())
                 };
                 for &(metric, value) in target.values {
-                    history.record(scope.clone(), metric, now, value);
+                    history.record(scope.clone(), metric, at.steady, value);
                 }
             }
             if !scope_is_node {
-                history.retain_containers(&targets.iter().map(|target| target.id).collect());
+                history.retain_containers(&targets.iter().map(|target| target.key).collect());
             }
         }
         let mut alerts = self
@@ -101,49 +109,68 @@ impl<T> Outputs<T> {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         alerts
-            .evaluate(scope_is_node, targets, now)
+            .evaluate(scope_is_node, targets, at)
             .iter()
             .map(to_json)
             .collect()
     }
 }
 
-/// Runs the node collector (and the eBPF programs) on its own thread.
+/// Seconds between cycles of each collector; SIGHUP may change them while running.
+#[derive(Debug)]
+pub struct Intervals {
+    pub node: AtomicU64,
+    pub containers: AtomicU64,
+}
+
+impl Intervals {
+    pub fn new(node: Duration, containers: Duration) -> Self {
+        Self {
+            node: AtomicU64::new(node.as_secs()),
+            containers: AtomicU64::new(containers.as_secs()),
+        }
+    }
+}
+
+/// Runs the node collector (and the eBPF programs) on its own supervised thread.
 pub fn spawn_node(
-    interval: Duration,
+    intervals: Arc<Intervals>,
     sources: NodeSources,
     hierarchies: Hierarchies,
     outputs: Outputs<NodeSnapshot>,
+    status: Arc<CollectorStatus>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    spawn("node-collector", move || {
+    let supervised = Arc::clone(&status);
+    supervisor::spawn("node", supervised, move || {
         let mut ebpf = EbpfPrograms::load(&hierarchies);
         release_freed_heap();
-        let mut collector = NodeCollector::new(sources);
+        let mut collector = NodeCollector::new(sources.clone());
         let mut ebpf_intervals = EbpfIntervals::default();
         every(
-            interval,
+            &intervals.node,
             || !outputs.snapshots.is_closed(),
             || {
-                let (started, cpu_before, timestamp) =
-                    (Instant::now(), thread_cpu_time(), unix_seconds());
-                let mut node = collector.collect(hostname(), timestamp);
+                let (started, cpu_before, at) = (Instant::now(), thread_cpu_time(), clock::now());
+                status.maybe_inject_panic("node", collector.health.cycles);
+                let mut node = collector.collect(hostname(), at.unix);
                 let (counters, errors) = ebpf.read();
                 for error in errors {
                     collector
                         .health
-                        .record_error("node", "ebpf maps", error, timestamp);
+                        .record_error("node", "ebpf maps", error, at.unix);
                 }
                 node.ebpf = node_ebpf(&node, &counters, &mut ebpf_intervals);
                 collector
                     .health
-                    .record_cycle(started.elapsed(), cpu_since(cpu_before), timestamp);
+                    .record_cycle(started.elapsed(), cpu_since(cpu_before), at.unix);
                 let values = history::node_values(&node);
                 let target = Target {
+                    key: &node.hostname,
                     id: &node.hostname,
                     name: None,
                     values: &values,
                 };
-                let alerts = outputs.record(true, &[target], timestamp);
+                let alerts = outputs.record(true, &[target], at);
                 let node_message = to_json(&NodeMetricsMessage::from(&node));
                 let snapshot = NodeSnapshot {
                     node_json: json_text(&node).into(),
@@ -154,6 +181,7 @@ pub fn spawn_node(
                     ebpf: Arc::new(counters),
                 };
                 outputs.publish(snapshot, std::iter::once(node_message).chain(alerts));
+                status.succeeded(at.unix);
             },
         );
     })
@@ -183,28 +211,42 @@ fn node_ebpf(
     ))
 }
 
-/// Runs the container collector on its own thread. `node` supplies host memory, the
-/// denominator of `VmMetrics.memory_usage` for containers without a limit.
+/// Runs the container collector on its own supervised thread. `node` supplies the
+/// eBPF counters and host memory, the denominator of `VmMetrics.memory_usage` for
+/// containers without a limit; the first cycle waits for the first node snapshot,
+/// so that no container figure is published before the eBPF programs are attached
+/// (or have failed).
 pub fn spawn_containers(
-    interval: Duration,
-    reader: CgroupReader,
+    intervals: Arc<Intervals>,
+    settings: ContainerSettings,
+    hierarchies: Hierarchies,
+    psi_enabled: bool,
     node: Latest<NodeSnapshot>,
     outputs: Outputs<ContainerSnapshot>,
+    status: Arc<CollectorStatus>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    spawn("container-collector", move || {
-        let mut collector = ContainerCollector::new(reader, "/proc");
+    let supervised = Arc::clone(&status);
+    supervisor::spawn("containers", supervised, move || {
+        while node.borrow().is_none() {
+            if outputs.snapshots.is_closed() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let reader = CgroupReader::new(hierarchies.clone(), psi_enabled);
+        let mut collector = ContainerCollector::new(reader, "/proc", settings);
         every(
-            interval,
+            &intervals.containers,
             || !outputs.snapshots.is_closed(),
             || {
-                let (started, cpu_before, timestamp) =
-                    (Instant::now(), thread_cpu_time(), unix_seconds());
+                let (started, cpu_before, at) = (Instant::now(), thread_cpu_time(), clock::now());
+                status.maybe_inject_panic("containers", collector.health.cycles);
                 let ebpf = node.borrow().as_ref().map(|snapshot| snapshot.ebpf.clone());
                 let ebpf = ebpf.filter(|ebpf| ebpf.sched.is_some() || ebpf.block.is_some());
-                let cycle = collector.collect(timestamp, ebpf.as_deref());
+                let cycle = collector.collect(at.unix, ebpf.as_deref());
                 collector
                     .health
-                    .record_cycle(started.elapsed(), cpu_since(cpu_before), timestamp);
+                    .record_cycle(started.elapsed(), cpu_since(cpu_before), at.unix);
                 let host_memory = node.borrow().as_ref().and_then(|snapshot| {
                     snapshot
                         .node
@@ -222,12 +264,13 @@ pub fn spawn_containers(
                     .iter()
                     .zip(&values)
                     .map(|(container, values)| Target {
+                        key: &container.cgroup,
                         id: &container.id,
                         name: container.name.as_deref(),
                         values,
                     })
                     .collect();
-                let alerts = outputs.record(false, &targets, timestamp);
+                let alerts = outputs.record(false, &targets, at);
                 let messages: Vec<Utf8Bytes> = cycle
                     .changes
                     .iter()
@@ -242,31 +285,28 @@ pub fn spawn_containers(
                     .collect();
                 let snapshot = ContainerSnapshot {
                     containers: cycle.containers,
+                    discovery: cycle.discovery,
                     health: collector.health.clone(),
-                    timestamp,
+                    timestamp: at.unix,
                 };
                 outputs.publish(snapshot, messages);
+                status.succeeded(at.unix);
             },
         );
     })
 }
 
-fn spawn(
-    name: &str,
-    body: impl FnOnce() + Send + 'static,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new().name(name.into()).spawn(body)
-}
-
-/// Calls `cycle` every `interval` while `keep_going()`; a cycle that overruns (or a
-/// suspended machine) skips the missed ticks instead of bursting to catch up.
-fn every(interval: Duration, keep_going: impl Fn() -> bool, mut cycle: impl FnMut()) {
+/// Calls `cycle` every `interval` seconds while `keep_going()`; a cycle that
+/// overruns (or a suspended machine) skips the missed ticks instead of bursting to
+/// catch up. The interval is re-read each cycle (SIGHUP can change it).
+fn every(interval: &AtomicU64, keep_going: impl Fn() -> bool, mut cycle: impl FnMut()) {
     let mut next_cycle = Instant::now();
     while keep_going() {
         cycle();
+        let interval = Duration::from_secs(interval.load(Ordering::Relaxed).max(1));
         next_cycle += interval;
         let now = Instant::now();
-        if next_cycle <= now {
+        if next_cycle <= now || next_cycle > now + interval {
             next_cycle = now + interval;
         }
         std::thread::sleep(next_cycle - now);
@@ -294,12 +334,6 @@ fn json_text(value: &impl serde::Serialize) -> String {
 
 fn to_json(value: &impl serde::Serialize) -> Utf8Bytes {
     json_text(value).into()
-}
-
-pub fn unix_seconds() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs())
 }
 
 pub fn hostname() -> String {

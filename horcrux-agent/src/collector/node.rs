@@ -4,7 +4,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use crate::{
@@ -12,8 +12,9 @@ use crate::{
     model::{
         CpuMetrics, CpuModes, DiskKind, DiskMetrics, DiskRates, FilesystemMetrics, LoadMetrics,
         MemoryMetrics, NetworkMetrics, NetworkRates, NetworkTotals, NodeMetrics, PerCpuMetrics,
-        ProcessMetrics,
+        ProcessMetrics, StaleFilesystem,
     },
+    probe::{Probe, Prober},
     procfs::{
         SourceError, TextReader, diskstats, diskstats::SECTOR_BYTES, loadavg, meminfo, mountinfo,
         netdev, stat, stat::CpuTimes,
@@ -58,8 +59,12 @@ pub struct NodeCollector {
     /// Bytes read, bytes written, reads, writes, I/O milliseconds.
     disk_counters: RateTracker<String, 5>,
     network_counters: RateTracker<String, 8>,
+    prober: Prober,
     pub health: CollectorHealth,
 }
+
+/// How long a `statvfs` may take before its mount is reported stale.
+pub const STATVFS_TIMEOUT: Duration = Duration::from_millis(500);
 
 impl NodeCollector {
     pub fn new(sources: NodeSources) -> Self {
@@ -71,6 +76,7 @@ impl NodeCollector {
             process_counters: RateTracker::new(Decrease::Reset),
             disk_counters: RateTracker::new(Decrease::Reset),
             network_counters: RateTracker::new(Decrease::Reset),
+            prober: Prober::new(STATVFS_TIMEOUT),
             health: CollectorHealth::default(),
         }
     }
@@ -103,16 +109,18 @@ impl NodeCollector {
         let network = self
             .read(timestamp, "net/dev", netdev::parse)
             .map(|interfaces| self.network_metrics(interfaces));
+        let mut stale_filesystems = Vec::new();
         let filesystems = self
             .read(timestamp, "self/mountinfo", mountinfo::parse)
-            .map(|mounts| self.filesystem_metrics(&mounts, timestamp));
-        let disk_usage = match statfs::usage(&self.sources.root_filesystem) {
-            Ok(usage) => usage.usage_percent(),
-            Err(error) => {
-                let message = format!(
-                    "statvfs {}: {error}",
-                    self.sources.root_filesystem.display()
-                );
+            .map(|mounts| self.filesystem_metrics(&mounts, &mut stale_filesystems, timestamp));
+        let disk_usage = match self.statvfs(&self.sources.root_filesystem.clone()) {
+            Probe::Done(Ok(usage)) => usage.usage_percent(),
+            outcome => {
+                let root = self.sources.root_filesystem.display();
+                let message = match outcome {
+                    Probe::Done(Err(error)) => format!("statvfs {root}: {error}"),
+                    _ => format!("statvfs {root}: no answer within {STATVFS_TIMEOUT:?}"),
+                };
                 self.health
                     .record_error(COLLECTOR, "statvfs", message, timestamp);
                 0.0
@@ -140,8 +148,16 @@ impl NodeCollector {
             disks,
             network,
             filesystems,
+            stale_filesystems,
             ebpf: None,
         }
+    }
+
+    /// `statvfs` off the collector thread, so that a hung mount cannot stall a cycle.
+    fn statvfs(&self, path: &Path) -> Probe<nix::Result<statfs::Usage>> {
+        let owned = path.to_owned();
+        self.prober
+            .run(&path.to_string_lossy(), move || statfs::usage(&owned))
     }
 
     /// Reads and parses one `/proc` file, recording a failure instead of returning it.
@@ -315,17 +331,23 @@ impl NodeCollector {
     fn filesystem_metrics(
         &mut self,
         mounts: &[mountinfo::Mount],
+        stale: &mut Vec<StaleFilesystem>,
         timestamp: u64,
     ) -> Vec<FilesystemMetrics> {
         let mut filesystems = Vec::new();
         for mount in statfs::real_filesystems(mounts) {
-            match statfs::usage(Path::new(&mount.mount_point)) {
-                Ok(usage) => filesystems.push(usage.into_metrics(mount)),
-                Err(error) => {
+            match self.statvfs(Path::new(&mount.mount_point)) {
+                Probe::Done(Ok(usage)) => filesystems.push(usage.into_metrics(mount)),
+                Probe::Done(Err(error)) => {
                     let message = format!("statvfs {}: {error}", mount.mount_point);
                     self.health
                         .record_error(COLLECTOR, "statvfs", message, timestamp);
                 }
+                Probe::Stale => stale.push(StaleFilesystem {
+                    mount_point: mount.mount_point.clone(),
+                    device: mount.source.clone(),
+                    fs_type: mount.fs_type.clone(),
+                }),
             }
         }
         filesystems

@@ -220,7 +220,7 @@ impl EbpfPrograms {
             self.events = Some(PerCpuArray::try_from(events).map_err(|error| chain(&error))?);
         }
         tracing::info!(sched_attached, block_attached, "eBPF programs attached");
-        self.since = crate::collector::unix_seconds();
+        self.since = crate::clock::unix_seconds();
         self.ebpf = Some(ebpf);
         Ok(())
     }

@@ -11,7 +11,7 @@ use axum::{
 use serde_json::json;
 
 use super::{ApiError, AppState};
-use crate::{collector, ebpf::ProgramState};
+use crate::{clock, collector, ebpf::ProgramState};
 
 /// `GET /api/monitoring/node/metrics`: the latest node snapshot, pre-serialized.
 pub async fn node_metrics(State(state): State<Arc<AppState>>) -> Response {
@@ -22,7 +22,7 @@ pub async fn node_metrics(State(state): State<Arc<AppState>>) -> Response {
             snapshot.node_json.clone(),
         )
             .into_response(),
-        None => ApiError::no_sample_yet().into_response(),
+        None => ApiError::starting().into_response(),
     }
 }
 
@@ -46,6 +46,13 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Json<serde_json::Valu
         None => (serde_json::Value::Null, serde_json::Value::Null),
     };
     let container_health = containers.as_ref().map(|snapshot| json!(snapshot.health));
+    let supervised = |status: &crate::collector::supervisor::CollectorStatus| json!(status.view());
+    // Until the node collector's first snapshot, the programs are being loaded.
+    let ebpf_state = if latest.is_some() {
+        "settled"
+    } else {
+        "attaching"
+    };
     let hierarchies = &state.hierarchies;
     let attached = latest.as_ref().map_or(0, |snapshot| {
         snapshot
@@ -59,7 +66,8 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Json<serde_json::Valu
         "version": env!("CARGO_PKG_VERSION"),
         "hostname": latest.as_ref().map_or_else(collector::hostname, |snapshot| snapshot.node.hostname.clone()),
         "uptime_seconds": state.started.elapsed().as_secs(),
-        "timestamp": collector::unix_seconds(),
+        "timestamp": clock::unix_seconds(),
+        "ready": state.ready(),
         "cgroup_mode": hierarchies.mode(),
         "cgroup": {
             "unified": hierarchies.unified,
@@ -68,6 +76,7 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Json<serde_json::Valu
             "families": state.cgroup_families,
         },
         "ebpf": {
+            "state": ebpf_state,
             "embedded": state.ebpf_embedded,
             "attached_programs": attached,
             "programs": programs.get("programs"),
@@ -76,11 +85,22 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Json<serde_json::Valu
             "block_cgroups": programs.get("block_cgroups"),
             "notes": EBPF_NOTES,
         },
-        "collectors": { "node": node_health, "containers": container_health },
+        "collectors": {
+            "node": node_health,
+            "containers": container_health,
+            "supervision": {
+                "node": supervised(&state.collectors.node),
+                "containers": supervised(&state.collectors.containers),
+            },
+        },
         "containers": containers.as_ref().map_or(0, |snapshot| snapshot.containers.len()),
+        "discovery": containers.as_ref().map(|snapshot| &snapshot.discovery),
+        "stale_filesystems": latest.as_ref().map(|snapshot| &snapshot.node.stale_filesystems),
         "config": {
-            "node_metrics_interval": state.config.node_metrics_interval.as_secs(),
-            "vm_metrics_interval": state.config.vm_metrics_interval.as_secs(),
+            "node_metrics_interval": state.intervals.node.load(Ordering::Relaxed),
+            "vm_metrics_interval": state.intervals.containers.load(Ordering::Relaxed),
+            "max_containers": state.config.containers.max_containers,
+            "max_containers_per_user": state.config.containers.max_containers_per_user,
             "enable_history": state.config.enable_history,
             "history_retention": state.config.history_retention.as_secs(),
             "max_ws_clients": state.config.max_ws_clients,
@@ -103,6 +123,20 @@ pub async fn alerts(State(state): State<Arc<AppState>>) -> Json<serde_json::Valu
         "active": engine.active(),
         "resolved": engine.recently_resolved(),
     }))
+}
+
+/// `GET /healthz`: the process serves.
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// `GET /readyz`: 200 once collection is complete, 503 `starting` before.
+pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.ready() {
+        Json(json!({ "status": "ready" })).into_response()
+    } else {
+        ApiError::starting().into_response()
+    }
 }
 
 pub async fn not_found() -> ApiError {

@@ -30,6 +30,7 @@ struct Summary<'a> {
     state: ContainerState,
     pod: Option<&'a Pod>,
     cgroup: &'a str,
+    owner_uid: Option<u32>,
     cpu_usage_percent: Option<f64>,
     memory_usage_bytes: Option<u64>,
     memory_limit_bytes: Option<u64>,
@@ -48,6 +49,7 @@ impl<'a> From<&'a ContainerMetrics> for Summary<'a> {
             state: container.state,
             pod: container.pod.as_ref(),
             cgroup: &container.cgroup,
+            owner_uid: container.owner_uid,
             cpu_usage_percent: container.cpu_usage_percent,
             memory_usage_bytes: container.memory_usage_bytes,
             memory_limit_bytes: container.memory_limit_bytes,
@@ -62,7 +64,7 @@ impl<'a> From<&'a ContainerMetrics> for Summary<'a> {
 /// `GET /api/containers`.
 pub async fn list(State(state): State<Arc<AppState>>) -> Response {
     let Some(snapshot) = state.containers.borrow().clone() else {
-        return ApiError::no_sample_yet().into_response();
+        return ApiError::starting().into_response();
     };
     let containers: Vec<Summary> = snapshot.containers.iter().map(Summary::from).collect();
     Json(serde_json::json!({
@@ -76,7 +78,7 @@ pub async fn list(State(state): State<Arc<AppState>>) -> Response {
 /// `GET /api/containers/{id}/metrics`.
 pub async fn metrics(State(state): State<Arc<AppState>>, Path(query): Path<String>) -> Response {
     let Some(snapshot) = state.containers.borrow().clone() else {
-        return ApiError::no_sample_yet().into_response();
+        return ApiError::starting().into_response();
     };
     match resolve(&snapshot.containers, &query) {
         Ok(container) => Json(container).into_response(),
@@ -102,18 +104,26 @@ pub fn resolve<'a>(
             ),
         ));
     }
-    if let Some(container) = containers.iter().find(|container| container.id == query) {
+    // Two cgroups can claim one id (see /api/status discovery.id_conflicts): then
+    // the id is ambiguous, not the first one's.
+    let exact: Vec<&ContainerMetrics> = containers
+        .iter()
+        .filter(|container| container.id == query)
+        .collect();
+    if let [container] = exact[..] {
         return Ok(container);
     }
     let named: Vec<&ContainerMetrics> = containers
         .iter()
         .filter(|container| container.name.as_deref() == Some(query))
         .collect();
-    if let [container] = named[..] {
+    if let ([], [container]) = (&exact[..], &named[..]) {
         return Ok(container);
     }
     let prefix = query.to_ascii_lowercase();
-    let matches: Vec<&ContainerMetrics> = if named.len() > 1 {
+    let matches: Vec<&ContainerMetrics> = if exact.len() > 1 {
+        exact
+    } else if named.len() > 1 {
         named
     } else if prefix.len() >= MIN_PREFIX && prefix.bytes().all(|byte| byte.is_ascii_hexdigit()) {
         containers
@@ -138,7 +148,7 @@ pub fn resolve<'a>(
                 matches.len(),
                 matches
                     .iter()
-                    .map(|container| container.id.as_str())
+                    .map(|container| container.cgroup.as_str())
                     .collect::<Vec<_>>()
                     .join(", ")
             ),

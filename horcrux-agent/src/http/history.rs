@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::{ApiError, AppState, containers::resolve};
 use crate::{
-    collector::unix_seconds,
+    clock,
     history::{self, CONTAINER_METRICS, NODE_METRICS, Scope},
 };
 
@@ -40,12 +40,12 @@ pub async fn container(
     Query(query): Query<HistoryQuery>,
 ) -> Response {
     let Some(snapshot) = state.containers.borrow().clone() else {
-        return ApiError::no_sample_yet().into_response();
+        return ApiError::starting().into_response();
     };
     match resolve(&snapshot.containers, &id) {
         Ok(container) => answer(
             &state,
-            Scope::Container(container.id.clone()),
+            Scope::Container(container.cgroup.clone()),
             CONTAINER_METRICS,
             &query,
         ),
@@ -101,7 +101,7 @@ fn answer(
     let points = store
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .query(&scope, metric, unix_seconds(), range, step);
+        .query(&scope, metric, clock::now(), range, step);
     Json(serde_json::json!({
         "metric": metric,
         "range": range,

@@ -16,8 +16,9 @@ use std::{
 
 use axum::{
     Json, Router,
-    extract::ws::Utf8Bytes,
+    extract::{Request, State, ws::Utf8Bytes},
     http::StatusCode,
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -26,13 +27,23 @@ use tokio::sync::broadcast;
 use crate::{
     alerts::AlertEngine,
     cgroup::Hierarchies,
-    collector::{ContainerSnapshot, Latest, NodeSnapshot},
+    clock,
+    collector::{ContainerSnapshot, Intervals, Latest, NodeSnapshot, supervisor::CollectorStatus},
     config::Config,
     history::History,
 };
 
+/// The supervisors' view of each collector thread.
+#[derive(Debug, Default)]
+pub struct Collectors {
+    pub node: Arc<CollectorStatus>,
+    pub containers: Arc<CollectorStatus>,
+}
+
 pub struct AppState {
     pub config: Config,
+    /// The intervals in force (SIGHUP may have changed them).
+    pub intervals: Arc<Intervals>,
     pub node: Latest<NodeSnapshot>,
     pub containers: Latest<ContainerSnapshot>,
     pub ws_messages: broadcast::Sender<Utf8Bytes>,
@@ -44,36 +55,83 @@ pub struct AppState {
     /// `None` when `enable_history` is off.
     pub history: Option<Arc<Mutex<History>>>,
     pub alerts: Arc<Mutex<AlertEngine>>,
+    pub collectors: Collectors,
     pub ebpf_embedded: bool,
 }
 
+impl AppState {
+    /// Collection is complete: the eBPF programs are attached or have failed, and
+    /// both collectors have published (the container collector starts after the node
+    /// collector's first snapshot, so its first snapshot implies both).
+    pub fn ready(&self) -> bool {
+        self.node.borrow().is_some() && self.containers.borrow().is_some()
+    }
+
+    /// Both collectors published within three of their intervals (at least 30 s).
+    pub fn collectors_fresh(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let now = clock::unix_seconds();
+        [
+            (&self.collectors.node, &self.intervals.node),
+            (&self.collectors.containers, &self.intervals.containers),
+        ]
+        .into_iter()
+        .all(|(status, interval)| {
+            let allowed = (interval.load(Ordering::Relaxed) * 3).max(30);
+            status
+                .view()
+                .last_success
+                .is_some_and(|last| now.saturating_sub(last) <= allowed)
+        })
+    }
+}
+
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/", get(dashboard::index))
-        .route("/dashboard/app.js", get(dashboard::script))
-        .route("/dashboard/style.css", get(dashboard::style))
+    // Metrics answer 503 until collection is complete: a figure published before the
+    // eBPF programs are attached would silently miss what happened meanwhile.
+    let metrics = Router::new()
         .route("/api/monitoring/node/metrics", get(api::node_metrics))
-        .route("/api/status", get(api::status))
-        .route("/api/alerts", get(api::alerts))
         .route("/api/containers", get(containers::list))
         .route("/api/containers/{id}/metrics", get(containers::metrics))
         .route("/api/monitoring/node/history", get(history::node))
         .route("/api/containers/{id}/history", get(history::container))
         .route("/metrics", get(prometheus::metrics))
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            ready_or_starting,
+        ));
+    Router::new()
+        .route("/", get(dashboard::index))
+        .route("/dashboard/app.js", get(dashboard::script))
+        .route("/dashboard/style.css", get(dashboard::style))
+        .route("/api/status", get(api::status))
+        .route("/api/alerts", get(api::alerts))
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
         .route("/ws", get(ws::upgrade))
+        .merge(metrics)
         .fallback(api::not_found)
         .with_state(state)
+}
+
+async fn ready_or_starting(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if state.ready() {
+        next.run(request).await
+    } else {
+        ApiError::starting().into_response()
+    }
 }
 
 /// A JSON error body: `{"error": "..."}`.
 pub struct ApiError(pub StatusCode, pub String);
 
 impl ApiError {
-    pub fn no_sample_yet() -> Self {
-        ApiError(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no sample collected yet; retry after the first collection cycle".into(),
-        )
+    pub fn starting() -> Self {
+        ApiError(StatusCode::SERVICE_UNAVAILABLE, "starting".into())
     }
 }
 

@@ -356,6 +356,21 @@ fn node_families(out: &mut Exposition, node: &NodeMetrics) {
             );
         }
     }
+    out.family(
+        "horcrux_node_filesystem_stale",
+        "gauge",
+        "1 for a mount whose statvfs did not answer in time (hung network or FUSE mount); skipped until it answers.",
+        node.stale_filesystems.iter().map(|fs| {
+            (
+                vec![
+                    ("mountpoint", fs.mount_point.as_str()),
+                    ("device", fs.device.as_str()),
+                    ("fstype", fs.fs_type.as_str()),
+                ],
+                1u64,
+            )
+        }),
+    );
 }
 
 fn container_families(out: &mut Exposition, containers: &[ContainerMetrics]) {
@@ -622,6 +637,26 @@ fn agent_families(
                 .map(|(name, health)| (vec![("collector", *name)], value(health))),
         );
     }
+    let supervised = [
+        ("node", state.collectors.node.view()),
+        ("containers", state.collectors.containers.view()),
+    ];
+    out.family(
+        "horcrux_collector_last_success_timestamp_seconds",
+        "gauge",
+        "Unix time of the collector's last published cycle: staleness is now minus this.",
+        supervised
+            .iter()
+            .map(|(name, view)| (vec![("collector", *name)], view.last_success)),
+    );
+    out.family(
+        "horcrux_agent_collector_panics_total",
+        "counter",
+        "Collector panics; each panicked collector is restarted after a backoff.",
+        supervised
+            .iter()
+            .map(|(name, view)| (vec![("collector", *name)], view.panics)),
+    );
     let programs = node
         .map(|n| n.ebpf_status.programs.as_slice())
         .unwrap_or_default();

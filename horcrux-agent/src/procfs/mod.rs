@@ -140,9 +140,10 @@ impl TextReader {
             path: path(),
             source,
         };
-        let text = std::str::from_utf8(&self.buffer[..self.loaded])
-            .map_err(|error| parse_error(ParseError::new(0, format!("not UTF-8: {error}"))))?;
-        parse(text).map_err(parse_error)
+        // Users can put any bytes in what the kernel echoes (mount points, process
+        // names): a stray byte becomes U+FFFD instead of failing the whole file.
+        let text = String::from_utf8_lossy(&self.buffer[..self.loaded]);
+        parse(&text).map_err(parse_error)
     }
 }
 
