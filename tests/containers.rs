@@ -144,8 +144,10 @@ async fn containers_are_discovered_served_and_announced() {
         .await;
     assert_eq!(status, 404);
 
-    // A second container whose id shares the first 12 digits makes that prefix ambiguous.
-    let twin_id = format!("{}{}", &id[..12], "0".repeat(52));
+    // A second container whose id shares the first 12 digits (and differs in the
+    // 13th) makes that prefix ambiguous.
+    let thirteenth = if id.as_bytes()[12] == b'0' { '1' } else { '0' };
+    let twin_id = format!("{}{thirteenth}{}", &id[..12], "0".repeat(51));
     let twin = TestCgroup::with_id(twin_id.clone());
     let deadline = Instant::now() + Duration::from_secs(10);
     while !listed(&agent, &twin_id).await {

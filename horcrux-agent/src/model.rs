@@ -637,7 +637,7 @@ pub struct BlkioTotals {
 impl BlkioTotals {
     fn add(&mut self, entry: &DeviceOpCounters) {
         let counters = &entry.counters;
-        let ops = counters.latency.count();
+        let ops = counters.requests();
         let (bytes, op_count) = match entry.op {
             BLOCK_OP_READ => (&mut self.read_bytes, &mut self.read_ops),
             BLOCK_OP_WRITE => (&mut self.write_bytes, &mut self.write_ops),
@@ -847,6 +847,7 @@ mod tests {
                 counters: BlockCounters {
                     latency: histogram(latencies),
                     bytes,
+                    untimed: 0,
                 },
                 in_flight,
             }

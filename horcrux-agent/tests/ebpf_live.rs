@@ -87,6 +87,30 @@ fn block_of(programs: &mut EbpfPrograms, cgroup: &TestCgroup) -> Vec<DeviceOpCou
         .unwrap_or_default()
 }
 
+/// The cgroup's block counters once settled: nothing of it in flight and two reads
+/// alike. A completion the kernel ran no program for is counted by the reader two
+/// reads after its device goes idle (and 2 s after its issue at the earliest), or
+/// when its request struct is issued again; this waits for that (10 s at most).
+fn settled_block_of(programs: &mut EbpfPrograms, cgroup: &TestCgroup) -> Vec<DeviceOpCounters> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut last = block_of(programs, cgroup);
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = block_of(programs, cgroup);
+        let total = |entries: &[DeviceOpCounters]| {
+            (0..5).map(|op| op_totals(entries, op)).collect::<Vec<_>>()
+        };
+        if now.iter().all(|entry| entry.in_flight == 0) && total(&now) == total(&last) {
+            return now;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "block counters did not settle: {now:?}"
+        );
+        last = now;
+    }
+}
+
 /// Bytes read and written so far per cgroup path.
 fn transferred_by_cgroup(
     programs: &mut EbpfPrograms,
@@ -440,7 +464,7 @@ fn direct_io_is_charged_to_the_writing_cgroup() {
             file.display()
         ),
     );
-    let entries = block_of(&mut programs, &plain);
+    let entries = settled_block_of(&mut programs, &plain);
     let (written, writes) = op_totals(&entries, BLOCK_OP_WRITE);
     let (read, reads) = op_totals(&entries, BLOCK_OP_READ);
     if written.abs_diff(expected) * 100 > expected || read.abs_diff(expected) * 100 > expected {
@@ -461,6 +485,7 @@ fn direct_io_is_charged_to_the_writing_cgroup() {
             programs.status().events
         );
     }
+    eprintln!("events: {:?}", programs.status().events);
     within("written without a rule", written, expected, 1);
     within("read back", read, expected, 1);
     assert!(
@@ -498,7 +523,7 @@ fn direct_io_is_charged_to_the_writing_cgroup() {
                     file.display()
                 ),
             );
-            let (written, _) = op_totals(&block_of(&mut programs, &ruled), BLOCK_OP_WRITE);
+            let (written, _) = op_totals(&settled_block_of(&mut programs, &ruled), BLOCK_OP_WRITE);
             within("written with a rule", written, expected, 1);
             within(
                 "vs the kernel's blkio counter",
@@ -577,11 +602,18 @@ fn request_classes_match_the_disks_own_counters() {
     let mut programs = load(&hierarchies());
     let (dir, _) = test_device();
     let disk = whole_disk(dir.path());
-    let sync = || {
+    // Then let the reader count completions the kernel ran no program for (they are
+    // counted 2 s after issue, two reads after the disk went idle): both edges of
+    // the window compare settled counts with the kernel's.
+    let sync = |programs: &mut EbpfPrograms| {
         std::process::Command::new("sync").status().expect("sync");
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(Duration::from_millis(2500));
+        for _ in 0..2 {
+            read(programs);
+            std::thread::sleep(Duration::from_millis(500));
+        }
     };
-    sync();
+    sync(&mut programs);
     let ((ours_before, ours_bytes_before), (kernel_before, kernel_sectors_before)) =
         (node_ops(&mut programs, disk), diskstats(disk));
     // Writes with fsync (flushes on a write-back cache), O_DIRECT reads, then a
@@ -597,7 +629,7 @@ fn request_classes_match_the_disks_own_counters() {
         .status()
         .expect("workload");
     assert!(status.success());
-    sync();
+    sync(&mut programs);
     let ((ours_after, ours_bytes_after), (kernel_after, kernel_sectors_after)) =
         (node_ops(&mut programs, disk), diskstats(disk));
     let delta = |after: &[u64; 4], before: &[u64; 4], index: usize| after[index] - before[index];

@@ -134,31 +134,50 @@ pub struct BlockKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlockCounters {
-    /// Issue to completion; its count is the completed requests.
+    /// Issue to completion of the requests whose issue was recorded.
     pub latency: LatencyHistogram,
     /// Bytes of the completed requests.
     pub bytes: u64,
+    /// Completed requests whose issue was not recorded (issued before attach, or
+    /// the issue's entry was lost): in `bytes` and [`Self::requests`], not timed.
+    pub untimed: u64,
 }
 
 impl BlockCounters {
     pub const ZERO: Self = Self {
         latency: LatencyHistogram::ZERO,
         bytes: 0,
+        untimed: 0,
     };
 
     pub fn add(&mut self, other: &Self) {
         self.latency.add(&other.latency);
         self.bytes = self.bytes.wrapping_add(other.bytes);
+        self.untimed = self.untimed.wrapping_add(other.untimed);
+    }
+
+    /// Completed requests, timed or not.
+    pub fn requests(&self) -> u64 {
+        self.latency.count().wrapping_add(self.untimed)
     }
 }
 
-/// A request between issue and completion (the agent counts them for in-flight).
+/// A request between issue and completion: its key at issue (the agent counts
+/// in-flight requests by it; a request without a bio, like a flush, is attributed
+/// by it at completion), when it was issued (for its latency), and what is needed
+/// to account for it if its completion goes unobserved (see `block_rq_issue`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct InFlightRequest {
     pub key: BlockKey,
     pub issued_ns: u64,
-    pub bytes: u64,
+    /// `request.start_time_ns`: set when the request is allocated, kept across
+    /// requeues, so a new use of the same request struct is told from a re-issue.
+    pub started_ns: u64,
+    /// Bytes not yet reported by a completion.
+    pub bytes_left: u64,
+    /// 1 once its completion was counted (the entry could not be removed).
+    pub completed: u64,
 }
 
 /// A cgroup is reached from a `css_set` either directly (`css_set.dfl_cgrp`, the
@@ -194,6 +213,7 @@ pub struct KernelLayout {
     pub request_bio: u64,
     pub request_cmd_flags: u64,
     pub request_data_len: u64,
+    pub request_start_time_ns: u64,
     pub request_queue_disk: u64,
     pub gendisk_major: u64,
     pub gendisk_first_minor: u64,
@@ -216,7 +236,13 @@ pub const EVENT_WAKEUP_MAP_FULL: u32 = 1;
 pub const EVENT_BLOCK_MAP_FULL: u32 = 2;
 pub const EVENT_INFLIGHT_MAP_FULL: u32 = 3;
 pub const EVENT_READ_FAILED: u32 = 4;
-pub const EVENT_SLOTS: u32 = 5;
+/// A block request completed that no issue was recorded for (issued before attach,
+/// or its issue went unobserved): counted from the completion, without a latency.
+pub const EVENT_COMPLETION_UNMATCHED: u32 = 5;
+/// A block request whose completion the program never saw (the kernel did not run
+/// it for that tracepoint hit): counted when the request struct is issued again.
+pub const EVENT_COMPLETION_MISSED: u32 = 6;
+pub const EVENT_SLOTS: u32 = 7;
 
 #[cfg(feature = "user")]
 mod pod {

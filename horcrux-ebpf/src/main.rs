@@ -22,9 +22,10 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use horcrux_common::{
     BLOCK_OP_DISCARD, BLOCK_OP_FLUSH, BLOCK_OP_OTHER, BLOCK_OP_READ, BLOCK_OP_WRITE, BlockCounters,
-    BlockKey, CgroupPath, EVENT_BLOCK_MAP_FULL, EVENT_INFLIGHT_MAP_FULL, EVENT_READ_FAILED,
-    EVENT_SCHED_MAP_FULL, EVENT_SLOTS, EVENT_WAKEUP_MAP_FULL, InFlightRequest, KernelLayout,
-    REQ_OP_MASK, SchedCounters, device_number,
+    BlockKey, CgroupPath, EVENT_BLOCK_MAP_FULL, EVENT_COMPLETION_MISSED,
+    EVENT_COMPLETION_UNMATCHED, EVENT_INFLIGHT_MAP_FULL, EVENT_READ_FAILED, EVENT_SCHED_MAP_FULL,
+    EVENT_SLOTS, EVENT_WAKEUP_MAP_FULL, InFlightRequest, KernelLayout, REQ_OP_MASK, SchedCounters,
+    device_number,
 };
 
 /// Overwritten by the agent at load time (`EbpfLoader::override_global`).
@@ -47,6 +48,7 @@ static LAYOUT: KernelLayout = KernelLayout {
     request_bio: 0,
     request_cmd_flags: 0,
     request_data_len: 0,
+    request_start_time_ns: 0,
     request_queue_disk: 0,
     gendisk_major: 0,
     gendisk_first_minor: 0,
@@ -298,12 +300,8 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
 /// charges it, or the submitting task's when the request carries none (flushes).
 #[inline(always)]
 fn request_cgroup_id(request: u64) -> Option<u64> {
-    let cgroup = pointer(request, layout!(request_bio))
-        .and_then(|bio| pointer(bio, layout!(bio_blkg)))
-        .and_then(|blkg| pointer(blkg, layout!(blkg_blkcg)))
-        .and_then(|blkcg| pointer(blkcg + layout!(blkcg_css), layout!(css_cgroup)));
-    if let Some(cgroup) = cgroup {
-        return cgroup_kernfs_id(cgroup);
+    if let Some(cgroup) = bio_cgroup_id(request) {
+        return Some(cgroup);
     }
     // SAFETY: a helper without preconditions; the result is BTF-typed like the arguments.
     let task = unsafe { bpf_get_current_task_btf() } as u64;
@@ -312,6 +310,32 @@ fn request_cgroup_id(request: u64) -> Option<u64> {
         layout!(io_cgroup.css_set_offset),
         layout!(io_cgroup.through_css),
     )
+}
+
+/// The cgroup of the request's first bio's blkcg, as the kernel charges it.
+#[inline(always)]
+fn bio_cgroup_id(request: u64) -> Option<u64> {
+    let cgroup = pointer(request, layout!(request_bio))
+        .and_then(|bio| pointer(bio, layout!(bio_blkg)))
+        .and_then(|blkg| pointer(blkg, layout!(blkg_blkcg)))
+        .and_then(|blkcg| pointer(blkcg + layout!(blkcg_css), layout!(css_cgroup)))?;
+    cgroup_kernfs_id(cgroup)
+}
+
+/// (cgroup, disk, operation class) of a request; `cgroup_id` says how to find its cgroup.
+#[inline(always)]
+fn request_key(request: u64, cgroup_id: fn(u64) -> Option<u64>) -> Option<BlockKey> {
+    let cmd_flags: u32 = read(request, layout!(request_cmd_flags));
+    let disk = pointer(request, layout!(request_q))
+        .and_then(|queue| pointer(queue, layout!(request_queue_disk)))?;
+    let cgroup_id = cgroup_id(request)?;
+    let major: u32 = read(disk, layout!(gendisk_major));
+    let minor: u32 = read(disk, layout!(gendisk_first_minor));
+    Some(BlockKey {
+        cgroup_id,
+        device: device_number(major, minor),
+        op: operation_class(cmd_flags),
+    })
 }
 
 #[inline(always)]
@@ -331,61 +355,114 @@ fn operation_class(cmd_flags: u32) -> u32 {
 }
 
 /// `block_rq_issue(struct request *rq)`: the driver takes the request.
+///
+/// The kernel does not run a tracepoint's programs for every hit: on this kind of
+/// host a completion handled in softirq on behalf of some tasks runs none (seen
+/// with ftrace and the programs' own run counts; no recursion miss is reported).
+/// A completion gone unobserved leaves its entry behind, so when the same request
+/// struct is issued for a new request (`start_time_ns` differs; a requeue keeps
+/// it), the previous one is counted here: its bytes and class, without a latency.
 #[btf_tracepoint(function = "block_rq_issue")]
 pub fn block_rq_issue(ctx: BtfTracePointContext) -> u32 {
     let request: u64 = ctx.arg(0);
     // SAFETY: a helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let cmd_flags: u32 = read(request, layout!(request_cmd_flags));
-    let bytes: u32 = read(request, layout!(request_data_len));
-    let disk = pointer(request, layout!(request_q))
-        .and_then(|queue| pointer(queue, layout!(request_queue_disk)));
-    let (Some(disk), Some(cgroup_id)) = (disk, request_cgroup_id(request)) else {
+    let started_ns: u64 = read(request, layout!(request_start_time_ns));
+    // SAFETY: the value is copied out before the entry is replaced.
+    if let Some(previous) = (unsafe { IN_FLIGHT.get(request) }).copied()
+        && previous.completed == 0
+        && previous.started_ns != started_ns
+        && previous.started_ns != 0
+    {
+        count_event(EVENT_COMPLETION_MISSED);
+        if let Some(counters) = counters(
+            &ctx,
+            &BLOCK,
+            &previous.key,
+            &BLOCK_ZERO,
+            EVENT_BLOCK_MAP_FULL,
+        ) {
+            counters.bytes += previous.bytes_left;
+            counters.untimed += 1;
+        }
+    }
+    let Some(key) = request_key(request, request_cgroup_id) else {
         count_event(EVENT_READ_FAILED);
         return 0;
     };
-    let major: u32 = read(disk, layout!(gendisk_major));
-    let minor: u32 = read(disk, layout!(gendisk_first_minor));
+    let bytes: u32 = read(request, layout!(request_data_len));
     let in_flight = InFlightRequest {
-        key: BlockKey {
-            cgroup_id,
-            device: device_number(major, minor),
-            op: operation_class(cmd_flags),
-        },
+        key,
         issued_ns: now,
-        bytes: u64::from(bytes),
+        started_ns,
+        bytes_left: u64::from(bytes),
+        completed: 0,
     };
-    // One update, overwriting: a requeued request's latency runs from its last issue,
-    // and an entry a missed completion left at this address cannot misattribute it.
+    // One update, overwriting: a requeued request's latency runs from its last issue.
     if IN_FLIGHT.insert(request, in_flight, 0).is_err() && count_event(EVENT_INFLIGHT_MAP_FULL) {
         warn!(&ctx, "IN_FLIGHT map full: block requests not timed");
     }
     0
 }
 
-/// `block_rq_complete(struct request *rq, blk_status_t error, unsigned int nr_bytes)`.
+/// `block_rq_complete(struct request *rq, blk_status_t error, unsigned int nr_bytes)`:
+/// `nr_bytes` of the request are done; it is finished once they cover what remains.
+///
+/// What is counted comes from the completion itself, as the kernel's own statistics
+/// do: the bytes it reports, the class of its command, the cgroup of its bio. The
+/// issue-time entry times the request (and attributes a request without a bio,
+/// such as a flush), so a lost or stale entry costs one latency sample, not bytes.
 #[btf_tracepoint(function = "block_rq_complete")]
 pub fn block_rq_complete(ctx: BtfTracePointContext) -> u32 {
     let request: u64 = ctx.arg(0);
+    let nr_bytes: u32 = ctx.arg(2);
     // SAFETY: a helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    // Requests issued before the program was attached are not in the map.
-    // SAFETY: the value is copied out before the entry is removed.
-    let Some(in_flight) = (unsafe { IN_FLIGHT.get(request) }).copied() else {
+    let remaining: u32 = read(request, layout!(request_data_len));
+    let finished = nr_bytes >= remaining;
+    // The issue-time key and time of this request, if its issue was recorded.
+    let mut recorded: Option<(BlockKey, u64)> = None;
+    if let Some(entry) = IN_FLIGHT.get_ptr_mut(request) {
+        // SAFETY: the entry is this request's until it is removed below; it is
+        // copied whole (volatile: the verifier must see every field initialised).
+        let value = unsafe { core::ptr::read_volatile(entry) };
+        if value.completed == 0 {
+            recorded = Some((value.key, value.issued_ns));
+        }
+        // SAFETY: as above; written before the removal, so that an entry the removal
+        // leaves behind (its bucket was busy) is not counted again at the next issue.
+        unsafe {
+            if finished {
+                (*entry).completed = 1;
+            } else {
+                (*entry).bytes_left = value.bytes_left.saturating_sub(u64::from(nr_bytes));
+            }
+        }
+        if finished {
+            let _ = IN_FLIGHT.remove(request);
+        }
+    }
+    let Some(key) = request_key(request, bio_cgroup_id).or(recorded.map(|(key, _)| key)) else {
+        count_event(EVENT_COMPLETION_UNMATCHED);
         return 0;
     };
-    let _ = IN_FLIGHT.remove(request);
-    if let Some(counters) = counters(
-        &ctx,
-        &BLOCK,
-        &in_flight.key,
-        &BLOCK_ZERO,
-        EVENT_BLOCK_MAP_FULL,
-    ) {
-        counters
-            .latency
-            .observe(now.saturating_sub(in_flight.issued_ns));
-        counters.bytes += in_flight.bytes;
+    // A flush sequence ends a request whose data was already counted once more, with
+    // nothing left: not another request.
+    if nr_bytes == 0 && key.op != BLOCK_OP_FLUSH {
+        return 0;
+    }
+    let Some(counters) = counters(&ctx, &BLOCK, &key, &BLOCK_ZERO, EVENT_BLOCK_MAP_FULL) else {
+        return 0;
+    };
+    counters.bytes += u64::from(nr_bytes);
+    if finished {
+        match recorded {
+            Some((_, issued_ns)) => counters.latency.observe(now.saturating_sub(issued_ns)),
+            None => {
+                count_event(EVENT_COMPLETION_UNMATCHED);
+                counters.untimed += 1;
+            }
+        }
     }
     0
 }

@@ -123,13 +123,15 @@ impl Agent {
         (status, response.json().await.expect("JSON body"))
     }
 
-    /// Waits until the agent has published `cycles` node collections.
+    /// Waits until the agent has published `cycles` node collections and is ready
+    /// (metrics endpoints answer 503 `starting` before).
     pub async fn wait_for_cycles(&self, cycles: u64) -> Value {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(response) = reqwest::get(self.url("/api/status")).await
                 && let Ok(status) = response.json::<Value>().await
                 && status["collectors"]["node"]["cycles"].as_u64() >= Some(cycles)
+                && status["ready"] == true
             {
                 return status;
             }

@@ -5,6 +5,7 @@
 //! and the Debian packages the tests compare against. Every step checks first, so
 //! running it again costs a few seconds.
 
+mod bench_churn;
 mod bench_ebpf;
 
 use std::{
@@ -82,6 +83,22 @@ fn main() -> ExitCode {
                     Some(_) => Err("bench-ebpf takes a number of rounds (default 7)".into()),
                 }
             }),
+        "bench-churn" => setup()
+            .and_then(|()| cargo(&["build", "--release", "-p", "horcrux-agent"]))
+            .and_then(|()| {
+                let number = |index: usize, default: u64| match rest.get(index) {
+                    None => Ok(default),
+                    Some(text) => text
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| "bench-churn takes MINUTES and CONTAINERS".to_owned()),
+                };
+                bench_churn::run(
+                    number(0, bench_churn::DEFAULT_MINUTES)?,
+                    number(1, bench_churn::DEFAULT_CONTAINERS as u64)? as usize,
+                )
+            }),
         _ => Err(usage()),
     };
     match outcome {
@@ -101,7 +118,8 @@ fn usage() -> String {
      \x20 run [-- ARGS] build and run the agent as root (via sudo when not root)\n\
      \x20 test         formatting, clippy and every test (unit, fixture, live, end-to-end, eBPF)\n\
      \x20 bench        collection-cycle benchmark\n\
-     \x20 bench-ebpf [ROUNDS]  overhead of the eBPF programs vs detached and vs libbpf-tools (root)"
+     \x20 bench-ebpf [ROUNDS]  overhead of the eBPF programs vs detached and vs libbpf-tools (root)\n\
+     \x20 bench-churn [MINUTES] [CONTAINERS]  the agent under a churning container population (root)"
         .into()
 }
 

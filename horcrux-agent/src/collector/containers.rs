@@ -629,7 +629,7 @@ fn block_io_from_ebpf(entries: &[DeviceOpCounters]) -> BlockIoCounters {
             writes: 0,
             discards: 0,
         });
-        let (bytes, count) = (entry.counters.bytes, entry.counters.latency.count());
+        let (bytes, count) = (entry.counters.bytes, entry.counters.requests());
         match entry.op {
             horcrux_common::BLOCK_OP_READ => {
                 (device.read_bytes, device.reads) =

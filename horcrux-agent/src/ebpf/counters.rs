@@ -43,6 +43,16 @@ pub struct FamilyCounters<T> {
 /// (a new cgroup) makes the next read walk at once.
 pub const RECLAIM_EVERY_CYCLES: u32 = 12;
 
+/// An in-flight entry this old is a completion the programs never saw.
+const STALE_IN_FLIGHT_NS: u64 = 60_000_000_000;
+
+/// `CLOCK_MONOTONIC`, the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |time| {
+        time.tv_sec() as u64 * 1_000_000_000 + time.tv_nsec() as u64
+    })
+}
+
 /// One per-cgroup map and the hierarchy its cgroup ids belong to.
 pub struct CgroupMap<K: aya::Pod, V: aya::Pod> {
     map: PerCpuHashMap<MapData, K, V>,
@@ -143,20 +153,109 @@ impl SchedSource {
 
 /// The block map, the requests in flight, and the counts of cgroups removed since
 /// attach, per device and operation.
+///
+/// The kernel does not run the completion program for every completion (see
+/// `block_rq_issue` in the eBPF programs). The programs count such a request when
+/// its request struct is issued again; on a device that goes idle that may be
+/// never, so this reader counts it too: an entry seen at two reads, issued over
+/// [`MISSED_AFTER_NS`] ago, on a device the kernel says has nothing in flight
+/// (`/proc/diskstats`, read first), is a completion that went unobserved.
 pub struct BlockSource {
     pub map: CgroupMap<BlockKey, BlockCounters>,
     pub in_flight: BpfHashMap<MapData, u64, InFlightRequest>,
     pub retired: BTreeMap<(u32, u32), BlockCounters>,
+    /// In-flight entries seen at the last read: request address → issue time.
+    pub suspects: HashMap<u64, u64>,
+    /// What the reader counted for unobserved completions, by key.
+    pub missed: HashMap<BlockKey, BlockCounters>,
+    /// Unobserved completions the reader counted since attach.
+    pub missed_requests: u64,
+    pub diskstats: std::path::PathBuf,
 }
 
+/// An unobserved completion is counted no sooner than this after its issue.
+const MISSED_AFTER_NS: u64 = 2_000_000_000;
+
 impl BlockSource {
-    pub fn read(&mut self) -> Result<FamilyCounters<Vec<DeviceOpCounters>>, String> {
-        let entries = self.map.read(|key| key.cgroup_id, sum_block)?;
-        let mut pending: HashMap<BlockKey, u64> = HashMap::new();
-        for entry in self.in_flight.iter() {
-            let (_, request) = entry.map_err(|error| super::chain(&error))?;
-            *pending.entry(request.key).or_default() += 1;
+    pub fn new(
+        map: CgroupMap<BlockKey, BlockCounters>,
+        in_flight: BpfHashMap<MapData, u64, InFlightRequest>,
+    ) -> Self {
+        Self {
+            map,
+            in_flight,
+            retired: BTreeMap::new(),
+            suspects: HashMap::new(),
+            missed: HashMap::new(),
+            missed_requests: 0,
+            diskstats: "/proc/diskstats".into(),
         }
+    }
+
+    /// Devices (`MKDEV`) with no request in flight, as the kernel counts them.
+    fn idle_devices(&self) -> std::collections::HashSet<u32> {
+        std::fs::read(&self.diskstats)
+            .ok()
+            .and_then(|bytes| {
+                crate::procfs::diskstats::parse(&String::from_utf8_lossy(&bytes)).ok()
+            })
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|disk| disk.in_flight == 0)
+            .map(|disk| horcrux_common::device_number(disk.major, disk.minor))
+            .collect()
+    }
+
+    pub fn read(&mut self) -> Result<FamilyCounters<Vec<DeviceOpCounters>>, String> {
+        let idle = self.idle_devices();
+        let mut entries = self.map.read(|key| key.cgroup_id, sum_block)?;
+        let mut pending: HashMap<BlockKey, u64> = HashMap::new();
+        let mut unobserved = Vec::new();
+        let mut suspects = HashMap::new();
+        let now_ns = monotonic_ns();
+        for entry in self.in_flight.iter() {
+            let (address, request) = entry.map_err(|error| super::chain(&error))?;
+            if request.completed != 0 {
+                continue;
+            }
+            let age = now_ns.saturating_sub(request.issued_ns);
+            if self.suspects.get(&address) == Some(&request.issued_ns)
+                && age >= MISSED_AFTER_NS
+                && idle.contains(&request.key.device)
+            {
+                unobserved.push((address, request));
+            } else {
+                suspects.insert(address, request.issued_ns);
+                // The kernel times a request out after 30 s: older is not in flight.
+                if age < STALE_IN_FLIGHT_NS {
+                    *pending.entry(request.key).or_default() += 1;
+                }
+            }
+        }
+        self.suspects = suspects;
+        for (address, request) in unobserved {
+            // Still the same entry (not re-issued since the iteration)?
+            if self
+                .in_flight
+                .get(&address, 0)
+                .is_ok_and(|now| now.issued_ns == request.issued_ns && now.completed == 0)
+            {
+                let _ = self.in_flight.remove(&address);
+                let counters = self
+                    .missed
+                    .entry(request.key)
+                    .or_insert(BlockCounters::ZERO);
+                counters.bytes += request.bytes_left;
+                counters.untimed += 1;
+                self.missed_requests += 1;
+            }
+        }
+        // What this reader counted joins the kernel's counts (and retires with them).
+        self.missed.retain(|key, counters| {
+            let path = self.map.path(key.cgroup_id).map(str::to_owned);
+            entries.push((path.clone(), *key, *counters));
+            path.is_some()
+        });
         let mut by_cgroup: HashMap<String, Vec<DeviceOpCounters>> = HashMap::new();
         let mut total: BTreeMap<(u32, u32), (BlockCounters, u64)> = self
             .retired

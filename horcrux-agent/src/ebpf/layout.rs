@@ -265,6 +265,7 @@ impl KernelBtf {
         layout.request_bio = self.member("request", "bio", POINTER)?;
         layout.request_cmd_flags = self.member("request", "cmd_flags", 4)?;
         layout.request_data_len = self.member("request", "__data_len", 4)?;
+        layout.request_start_time_ns = self.member("request", "start_time_ns", 8)?;
         layout.request_queue_disk = self.member("request_queue", "disk", POINTER)?;
         layout.gendisk_major = self.member("gendisk", "major", 4)?;
         layout.gendisk_first_minor = self.member("gendisk", "first_minor", 4)?;
@@ -376,6 +377,7 @@ mod tests {
             ("request", "bio", v1.request_bio),
             ("request", "cmd_flags", v1.request_cmd_flags),
             ("request", "__data_len", v1.request_data_len),
+            ("request", "start_time_ns", v1.request_start_time_ns),
             ("request_queue", "disk", v1.request_queue_disk),
             ("gendisk", "major", v1.gendisk_major),
             ("gendisk", "first_minor", v1.gendisk_first_minor),

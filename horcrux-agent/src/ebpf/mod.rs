@@ -51,6 +51,8 @@ pub const EVENT_NAMES: [&str; EVENT_SLOTS as usize] = [
     "block_map_full",
     "in_flight_map_full",
     "kernel_read_failed",
+    "completion_unmatched",
+    "completion_missed",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -207,12 +209,11 @@ impl EbpfPrograms {
         if let (true, Some(root)) = (block_attached, &block_root) {
             let map = take_per_cpu_hash(&mut ebpf, "BLOCK")?;
             let in_flight = ebpf.take_map("IN_FLIGHT").ok_or("map IN_FLIGHT missing")?;
-            self.block = Some(BlockSource {
-                map: CgroupMap::new(map, InodeIndex::new(root)),
-                in_flight: aya::maps::HashMap::try_from(in_flight)
+            self.block = Some(BlockSource::new(
+                CgroupMap::new(map, InodeIndex::new(root)),
+                aya::maps::HashMap::try_from(in_flight)
                     .map_err(|error| format!("map IN_FLIGHT: {}", chain(&error)))?,
-                retired: Default::default(),
-            });
+            ));
             self.status.block_cgroups = Some(root.clone());
         }
         if sched_attached || block_attached {
@@ -305,7 +306,11 @@ impl EbpfPrograms {
             for (slot, name) in EVENT_NAMES.iter().enumerate() {
                 match events.get(&(slot as u32), 0) {
                     Ok(per_cpu) => {
-                        let total = per_cpu.iter().fold(0u64, |sum, n| sum.wrapping_add(*n));
+                        let mut total = per_cpu.iter().fold(0u64, |sum, n| sum.wrapping_add(*n));
+                        // Unobserved completions the reader counted, besides the programs'.
+                        if slot as u32 == horcrux_common::EVENT_COMPLETION_MISSED {
+                            total += self.block.as_ref().map_or(0, |block| block.missed_requests);
+                        }
                         self.status.events.insert(name, total);
                     }
                     Err(error) => errors.push(format!("EVENTS map: {}", chain(&error))),
