@@ -276,3 +276,83 @@ async fn dashboard_updates_live_in_a_real_browser() {
         "page overflows a phone screen by {overflow} px"
     );
 }
+
+/// Serves one HTML page from another origin (a second loopback port), as any web
+/// page a browser on the node might load.
+async fn serve_page(html: String) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request).await;
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{html}",
+                html.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_auth_on_the_dashboard_logs_in_once_and_other_sites_cannot_read_the_socket() {
+    if !Path::new(CHROMIUM).exists() || !Path::new(CHROMEDRIVER).exists() {
+        panic!("chromium and chromium-driver are needed (`cargo xtask setup` installs them)");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "dashboard-token-77").expect("token");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let agent = Agent::start(&format!(
+        "[server]\nbearer_token_file = {:?}\n",
+        token.display().to_string()
+    ));
+    let browser = Browser::start().await;
+    // The token given once: the agent answers with a session cookie, and the page
+    // goes live over the WebSocket with it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reqwest::Client::new()
+        .get(agent.url("/readyz"))
+        .bearer_auth("dashboard-token-77")
+        .send()
+        .await
+        .map_or(true, |response| response.status() != 200)
+    {
+        assert!(Instant::now() < deadline, "agent never ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    browser.open(&agent.url("/?token=dashboard-token-77")).await;
+    browser
+        .wait_for(
+            "connection state",
+            "return document.querySelector('#connection').dataset.state",
+            |v| v == "live",
+        )
+        .await;
+    // A page from another origin tries to read the agent's WebSocket (the browser
+    // even sends the session cookie: 127.0.0.1 on another port is the same site).
+    let page = format!(
+        "<!doctype html><title>waiting</title><script>\
+         const ws = new WebSocket('ws://{}/ws');\
+         ws.onopen = () => {{ document.title = 'open'; }};\
+         ws.onmessage = () => {{ document.title = 'read'; }};\
+         ws.onerror = () => {{ if (document.title === 'waiting') document.title = 'refused'; }};\
+         ws.onclose = () => {{ if (document.title === 'waiting') document.title = 'refused'; }};\
+         </script>",
+        agent.addr
+    );
+    let port = serve_page(page).await;
+    browser.open(&format!("http://127.0.0.1:{port}/")).await;
+    let title = browser
+        .wait_for("cross-site socket", "return document.title", |v| {
+            v != "waiting"
+        })
+        .await;
+    assert_eq!(title, "refused");
+}

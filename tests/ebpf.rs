@@ -186,12 +186,7 @@ async fn programs_attach_without_tracefs_and_report_per_container() {
         );
     }
 
-    let text = reqwest::get(agent.url("/metrics"))
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("body");
+    let text = agent.text("/metrics").await;
     for family in [
         "horcrux_node_runqueue_latency_seconds_bucket{le=\"+Inf\"}",
         "horcrux_node_block_io_latency_seconds_count{device=",

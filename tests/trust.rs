@@ -477,12 +477,7 @@ async fn a_hung_fuse_mount_is_reported_stale_and_never_stalls_a_cycle() {
         node_cycles(&before),
         node_cycles(&after)
     );
-    let exposition = reqwest::get(agent.url("/metrics"))
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("text");
+    let exposition = agent.text("/metrics").await;
     assert!(
         exposition.contains(&format!(
             "horcrux_node_filesystem_stale{{mountpoint=\"{mount_point}\""
@@ -534,12 +529,7 @@ async fn a_panicking_collector_is_restarted_and_the_panic_shows() {
             (supervision(&status)["last_success"].as_u64()? > restarted_after + 1).then_some(())
         })
         .await;
-        let exposition = reqwest::get(agent.url("/metrics"))
-            .await
-            .expect("GET /metrics")
-            .text()
-            .await
-            .expect("text");
+        let exposition = agent.text("/metrics").await;
         assert!(
             exposition.contains(&format!(
                 "horcrux_agent_collector_panics_total{{collector=\"{collector}\"}} 1"

@@ -3,6 +3,7 @@
 //! and its line.
 
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
     ops::{Range, RangeInclusive},
     path::{Path, PathBuf},
@@ -30,7 +31,56 @@ pub struct Config {
     pub history_retention: Duration,
     pub max_ws_clients: usize,
     pub containers: ContainerSettings,
+    pub server: ServerSecurity,
+    /// `[ebpf] enabled`: load the eBPF programs (needs CAP_BPF and CAP_PERFMON).
+    pub ebpf_enabled: bool,
     pub alerts: Vec<Rule>,
+}
+
+/// `[server]`: who may talk to the agent, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSecurity {
+    /// Both set: HTTPS only.
+    pub tls: Option<TlsFiles>,
+    /// `Authorization: Bearer <token>` with the token in this file.
+    pub bearer_token_file: Option<PathBuf>,
+    /// user → bcrypt hash, as node_exporter's web config.
+    pub basic_auth_users: BTreeMap<String, String>,
+    /// Origins allowed on `/ws` besides the agent's own.
+    pub allowed_origins: Vec<String>,
+    /// Host names accepted besides the listen address, localhost and the node's names.
+    pub allowed_hosts: Vec<String>,
+    pub allow_unauthenticated_remote: bool,
+    /// Concurrent connections at most; more are closed at once.
+    pub max_connections: usize,
+}
+
+impl ServerSecurity {
+    pub fn authenticates(&self) -> bool {
+        self.bearer_token_file.is_some() || !self.basic_auth_users.is_empty()
+    }
+}
+
+impl Default for ServerSecurity {
+    fn default() -> Self {
+        Self {
+            tls: None,
+            bearer_token_file: None,
+            basic_auth_users: BTreeMap::new(),
+            allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+            allow_unauthenticated_remote: false,
+            max_connections: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Set: clients must present a certificate signed by this CA (mTLS).
+    pub client_ca: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -43,6 +93,8 @@ impl Default for Config {
             history_retention: Duration::from_secs(86_400),
             max_ws_clients: 100,
             containers: ContainerSettings::default(),
+            server: ServerSecurity::default(),
+            ebpf_enabled: true,
             alerts: Vec::new(),
         }
     }
@@ -73,6 +125,8 @@ struct File {
     monitoring: Monitoring,
     #[serde(default)]
     server: Server,
+    #[serde(default)]
+    ebpf: EbpfSection,
     #[serde(default)]
     alerts: Vec<AlertSection>,
 }
@@ -109,12 +163,31 @@ struct Monitoring {
 #[serde(deny_unknown_fields)]
 struct Server {
     listen: Option<Spanned<String>>,
+    tls_cert_file: Option<Spanned<PathBuf>>,
+    tls_key_file: Option<Spanned<PathBuf>>,
+    tls_client_ca_file: Option<Spanned<PathBuf>>,
+    bearer_token_file: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    basic_auth_users: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    allowed_origins: Vec<Spanned<String>>,
+    #[serde(default)]
+    allowed_hosts: Vec<Spanned<String>>,
+    allow_unauthenticated_remote: Option<bool>,
+    max_connections: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EbpfSection {
+    enabled: Option<bool>,
 }
 
 const INTERVAL_SECONDS: RangeInclusive<u64> = 1..=3600;
 const RETENTION_SECONDS: RangeInclusive<u64> = 60..=31 * 86_400;
 const WS_CLIENTS: RangeInclusive<u64> = 1..=100_000;
 const CONTAINERS: RangeInclusive<u64> = 1..=100_000;
+const CONNECTIONS: RangeInclusive<u64> = 16..=65_536;
 
 impl Config {
     /// Loads `path`. A missing file at the default path means defaults; a missing
@@ -215,6 +288,8 @@ impl Config {
                     defaults.containers.max_containers_per_user as u64,
                 )? as usize,
             },
+            server: server_security(&file.server, &invalid, &bounded)?,
+            ebpf_enabled: file.ebpf.enabled.unwrap_or(defaults.ebpf_enabled),
             alerts: file
                 .alerts
                 .iter()
@@ -223,6 +298,104 @@ impl Config {
                 .collect::<Result<_, _>>()?,
         })
     }
+}
+
+/// Checks `[server]`'s security keys (files are checked at start-up, not here).
+fn server_security(
+    server: &Server,
+    invalid: &impl Fn(&str, Range<usize>, String) -> ConfigError,
+    bounded: &impl Fn(&str, &Option<Spanned<u64>>, RangeInclusive<u64>, u64) -> Result<u64, ConfigError>,
+) -> Result<ServerSecurity, ConfigError> {
+    let file = |value: &Option<Spanned<PathBuf>>| value.as_ref().map(|path| path.get_ref().clone());
+    let tls = match (&server.tls_cert_file, &server.tls_key_file) {
+        (Some(cert), Some(key)) => Some(TlsFiles {
+            cert: cert.get_ref().clone(),
+            key: key.get_ref().clone(),
+            client_ca: file(&server.tls_client_ca_file),
+        }),
+        (None, None) => {
+            if let Some(ca) = &server.tls_client_ca_file {
+                return Err(invalid(
+                    "server.tls_client_ca_file",
+                    ca.span(),
+                    "needs server.tls_cert_file and server.tls_key_file".into(),
+                ));
+            }
+            None
+        }
+        (Some(one), None) | (None, Some(one)) => {
+            let missing = if server.tls_cert_file.is_none() {
+                "server.tls_cert_file"
+            } else {
+                "server.tls_key_file"
+            };
+            return Err(invalid(
+                missing,
+                one.span(),
+                "is needed too: TLS takes both a certificate and its key".into(),
+            ));
+        }
+    };
+    let mut basic_auth_users = BTreeMap::new();
+    for (user, hash) in &server.basic_auth_users {
+        if user.is_empty() || user.contains(':') || bcrypt_cost(hash.get_ref()).is_none() {
+            return Err(invalid(
+                &format!("server.basic_auth_users.{user}"),
+                hash.span(),
+                "must be a user name without ':' and a bcrypt hash ($2a$, $2b$ or $2y$, cost 4..=31)"
+                    .into(),
+            ));
+        }
+        basic_auth_users.insert(user.clone(), hash.get_ref().clone());
+    }
+    let mut allowed_origins = Vec::new();
+    for origin in &server.allowed_origins {
+        let text = origin.get_ref().trim_end_matches('/');
+        let well_formed = text.split_once("://").is_some_and(|(scheme, host)| {
+            matches!(scheme, "http" | "https") && !host.is_empty() && !host.contains('/')
+        });
+        if !well_formed {
+            return Err(invalid(
+                "server.allowed_origins",
+                origin.span(),
+                format!("{text:?} is not an origin (scheme://host[:port])"),
+            ));
+        }
+        allowed_origins.push(text.to_ascii_lowercase());
+    }
+    let allowed_hosts = server
+        .allowed_hosts
+        .iter()
+        .map(|host| host.get_ref().to_ascii_lowercase())
+        .collect();
+    let defaults = ServerSecurity::default();
+    Ok(ServerSecurity {
+        tls,
+        bearer_token_file: file(&server.bearer_token_file),
+        basic_auth_users,
+        allowed_origins,
+        allowed_hosts,
+        allow_unauthenticated_remote: server
+            .allow_unauthenticated_remote
+            .unwrap_or(defaults.allow_unauthenticated_remote),
+        max_connections: bounded(
+            "server.max_connections",
+            &server.max_connections,
+            CONNECTIONS,
+            defaults.max_connections as u64,
+        )? as usize,
+    })
+}
+
+/// The cost of a bcrypt hash (`$2b$10$` + 53 characters of salt and hash).
+pub fn bcrypt_cost(hash: &str) -> Option<u32> {
+    let rest = hash
+        .strip_prefix("$2a$")
+        .or_else(|| hash.strip_prefix("$2b$"))
+        .or_else(|| hash.strip_prefix("$2y$"))?;
+    let (cost, digest) = rest.split_once('$')?;
+    let cost: u32 = cost.parse().ok().filter(|cost| (4..=31).contains(cost))?;
+    (digest.len() == 53).then_some(cost)
 }
 
 const SEVERITIES: [&str; 3] = ["info", "warning", "critical"];

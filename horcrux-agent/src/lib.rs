@@ -14,6 +14,7 @@ pub mod ebpf;
 pub mod history;
 pub mod http;
 pub mod model;
+pub mod privileges;
 pub mod probe;
 pub mod process;
 pub mod procfs;
@@ -39,19 +40,72 @@ fn ws_buffer(config: &Config) -> usize {
     (config.containers.max_containers * 2 + 256).max(4096)
 }
 
-/// Starts collection and serves HTTP until Ctrl-C or SIGTERM. SIGHUP calls
-/// `reload` and applies what can change while running (alert rules, intervals).
-pub async fn run(
-    config: Config,
-    reload: impl Fn() -> Result<Config, ConfigError> + Send + 'static,
-) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+/// What start-up does before any thread exists: find the cgroup hierarchies, load
+/// and attach the eBPF programs, then give up the capabilities only that needed
+/// (threads inherit the caller's, so this must come first).
+pub struct Prepared {
+    hierarchies: Hierarchies,
+    ebpf: Option<ebpf::EbpfPrograms>,
+    /// The effective capabilities after the drop (empty when not root).
+    capabilities: Vec<String>,
+}
+
+pub fn prepare(config: &Config) -> Prepared {
     // Read as bytes: a mount point with a non-UTF-8 byte must not hide every other mount.
     let mounts = std::fs::read("/proc/self/mountinfo")
         .ok()
         .and_then(|bytes| procfs::mountinfo::parse(&String::from_utf8_lossy(&bytes)).ok())
         .unwrap_or_default();
     let hierarchies = Hierarchies::from_mounts(&mounts);
+    let ebpf = config
+        .ebpf_enabled
+        .then(|| ebpf::EbpfPrograms::load(&hierarchies));
+    collector::release_freed_heap();
+    let attached = ebpf.as_ref().is_some_and(ebpf::EbpfPrograms::any_attached);
+    let capabilities = match privileges::drop_to_runtime(attached) {
+        Ok(kept) => {
+            tracing::info!(capabilities = ?kept, "capabilities dropped");
+            kept
+        }
+        Err(error) => {
+            tracing::warn!("capabilities not dropped: {error}");
+            privileges::effective()
+        }
+    };
+    Prepared {
+        hierarchies,
+        ebpf,
+        capabilities,
+    }
+}
+
+/// Starts collection and serves HTTP until Ctrl-C or SIGTERM. SIGHUP calls
+/// `reload` and applies what can change while running (alert rules, intervals,
+/// credentials, certificates).
+pub async fn run(
+    config: Config,
+    prepared: Prepared,
+    reload: impl Fn() -> Result<Config, ConfigError> + Send + 'static,
+) -> Result<(), StartError> {
+    let credentials = http::security::Credentials::load(&config.server)?;
+    let tls = config
+        .server
+        .tls
+        .clone()
+        .map(http::serve::TlsReloader::new)
+        .transpose()?
+        .map(Arc::new);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            address: config.listen,
+            source,
+        })?;
+    let Prepared {
+        hierarchies,
+        ebpf,
+        capabilities,
+    } = prepared;
     // PSI files exist but fail to read when the kernel was booted without psi=1.
     let psi_enabled = std::fs::read_to_string("/proc/pressure/cpu").is_ok();
     let cgroup_families = CgroupReader::new(hierarchies.clone(), psi_enabled).family_sources();
@@ -70,10 +124,11 @@ pub async fn run(
         config.vm_metrics_interval,
     ));
     let collectors = http::Collectors::default();
+    let ebpf_embedded = ebpf::EbpfPrograms::embedded();
     collector::spawn_node(
         Arc::clone(&intervals),
         NodeSources::default(),
-        hierarchies.clone(),
+        ebpf,
         collector::Outputs {
             snapshots: node_tx,
             ws_messages: ws_tx.clone(),
@@ -96,6 +151,9 @@ pub async fn run(
         },
         Arc::clone(&collectors.containers),
     )?;
+    let allowed_hosts =
+        http::security::allowed_hosts(&config.server.allowed_hosts, listener.local_addr()?);
+    let max_connections = config.server.max_connections;
     let state = Arc::new(http::AppState {
         config,
         intervals,
@@ -109,19 +167,58 @@ pub async fn run(
         history,
         alerts,
         collectors,
-        ebpf_embedded: ebpf::EbpfPrograms::embedded(),
+        ebpf_embedded,
+        credentials: std::sync::RwLock::new(Arc::new(credentials)),
+        allowed_hosts,
+        tls: tls.clone(),
+        renders: tokio::sync::Semaphore::new(http::MAX_CONCURRENT_RENDERS),
+        capabilities,
     });
     tracing::info!(
         listen = %listener.local_addr()?,
+        tls = tls.is_some(),
+        authentication = state.config.server.authenticates(),
         cgroup_mode = ?state.hierarchies.mode(),
         "horcrux-agent serving"
     );
+    if let Some(tls) = &tls {
+        tokio::spawn(Arc::clone(tls).watch());
+    }
     tokio::spawn(systemd::notify_when_ready(Arc::clone(&state)));
     tokio::spawn(reload_on_sighup(Arc::clone(&state), reload));
     // The collector threads end with the process when the server returns.
-    axum::serve(listener, http::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
+    http::serve::serve(
+        listener,
+        http::router(state),
+        tls,
+        max_connections,
+        shutdown_signal(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Why the agent could not start (exit code 2 for configuration problems).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Secret(#[from] http::security::SecretError),
+    #[error(transparent)]
+    Tls(#[from] http::serve::TlsError),
+    #[error("binding {address}: {source}")]
+    Bind {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl StartError {
+    /// Configuration the operator must fix (exit code 2), or a runtime failure.
+    pub fn is_configuration(&self) -> bool {
+        matches!(self, Self::Secret(_) | Self::Tls(_))
+    }
 }
 
 /// SIGHUP: re-reads the config and applies alert rules and intervals; keys that
@@ -163,6 +260,14 @@ async fn reload_on_sighup(
                 "monitoring.max_containers",
                 config.containers != running.containers,
             ),
+            (
+                "server (TLS files, allow lists, connection cap)",
+                config.server.tls != running.server.tls
+                    || config.server.allowed_origins != running.server.allowed_origins
+                    || config.server.allowed_hosts != running.server.allowed_hosts
+                    || config.server.max_connections != running.server.max_connections,
+            ),
+            ("ebpf.enabled", config.ebpf_enabled != running.ebpf_enabled),
         ]
         .into_iter()
         .filter_map(|(key, changed)| changed.then_some(key))
@@ -187,6 +292,18 @@ async fn reload_on_sighup(
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .replace_rules(config.alerts);
+        match http::security::Credentials::load(&config.server) {
+            Ok(credentials) => {
+                *state
+                    .credentials
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(credentials);
+            }
+            Err(error) => tracing::error!("SIGHUP: credentials not reloaded: {error}"),
+        }
+        if let Some(tls) = &state.tls {
+            tls.reload();
+        }
         tracing::info!(alert_rules = rules, "SIGHUP: config reloaded");
     }
 }

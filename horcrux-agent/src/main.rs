@@ -49,6 +49,30 @@ impl Args {
     }
 }
 
+/// Serving beyond loopback without TLS and authentication needs an explicit opt-in,
+/// and gets a warning at every start.
+fn check_exposure(config: &Config) -> Result<(), String> {
+    let server = &config.server;
+    if config.listen.ip().is_loopback() || (server.tls.is_some() && server.authenticates()) {
+        return Ok(());
+    }
+    if server.allow_unauthenticated_remote {
+        tracing::warn!(
+            listen = %config.listen,
+            "serving a non-loopback address without TLS and authentication \
+             (server.allow_unauthenticated_remote = true): anyone who can reach it reads every metric"
+        );
+        return Ok(());
+    }
+    Err(format!(
+        "server.listen = {} is not a loopback address: serving the network needs TLS \
+         (server.tls_cert_file, server.tls_key_file) and authentication \
+         (server.bearer_token_file or server.basic_auth_users), or \
+         server.allow_unauthenticated_remote = true",
+        config.listen
+    ))
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -65,6 +89,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(message) = check_exposure(&config) {
+        eprintln!("horcrux-agent: {message}");
+        return ExitCode::from(2);
+    }
+    // Before any thread: load eBPF, then drop the capabilities only that needed.
+    let prepared = horcrux_agent::prepare(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -77,11 +107,15 @@ fn main() -> ExitCode {
     };
     // SIGHUP reloads the same file, with the same command-line overrides.
     let reload = move || args.load_config();
-    match runtime.block_on(horcrux_agent::run(config, reload)) {
+    match runtime.block_on(horcrux_agent::run(config, prepared, reload)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("horcrux-agent: {error}");
-            ExitCode::FAILURE
+            if error.is_configuration() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

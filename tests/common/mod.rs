@@ -144,6 +144,16 @@ impl Agent {
         }
     }
 
+    /// The body of `GET path` as text (e.g. the Prometheus exposition).
+    pub async fn text(&self, path: &str) -> String {
+        reqwest::get(self.url(path))
+            .await
+            .expect("HTTP request")
+            .text()
+            .await
+            .expect("text body")
+    }
+
     /// Waits until `/readyz` answers 200: collection is complete (30 s at most).
     pub async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -21,7 +21,8 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// `df` (coreutils), real container runtimes and a busybox-static image root,
 /// Prometheus and promtool, Chromium and chromedriver for the dashboard test,
 /// bpftool (an independent BTF reader) and taskset (util-linux) for the eBPF tests,
-/// bindfs (a FUSE daemon to stop) for the hung-mount test.
+/// bindfs (a FUSE daemon to stop) for the hung-mount test, openssl (a test CA) and
+/// systemd (`systemd-analyze` checks the unit) for the network-security tests.
 const TEST_PACKAGES: &[&str] = &[
     "bpftool",
     "util-linux",
@@ -39,6 +40,8 @@ const TEST_PACKAGES: &[&str] = &[
     "chromium-driver",
     "curl",
     "bindfs",
+    "openssl",
+    "systemd",
 ];
 /// What the benchmarks run: node_exporter (the collection-cost reference); perf
 /// (sched pipe), fio, hackbench (rt-tests) and the libbpf-tools references

@@ -133,17 +133,18 @@ impl Intervals {
 }
 
 /// Runs the node collector (and the eBPF programs) on its own supervised thread.
+/// The eBPF programs were loaded before any thread started ([`crate::prepare`]); they
+/// stay attached across restarts of this collector.
 pub fn spawn_node(
     intervals: Arc<Intervals>,
     sources: NodeSources,
-    hierarchies: Hierarchies,
+    ebpf: Option<EbpfPrograms>,
     outputs: Outputs<NodeSnapshot>,
     status: Arc<CollectorStatus>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let supervised = Arc::clone(&status);
+    let mut ebpf = ebpf.unwrap_or_else(EbpfPrograms::disabled);
     supervisor::spawn("node", supervised, move || {
-        let mut ebpf = EbpfPrograms::load(&hierarchies);
-        release_freed_heap();
         let mut collector = NodeCollector::new(sources.clone());
         let mut ebpf_intervals = EbpfIntervals::default();
         every(
@@ -315,7 +316,7 @@ fn every(interval: &AtomicU64, keep_going: impl Fn() -> bool, mut cycle: impl Fn
 
 /// Loading eBPF parses the kernel's BTF (~20 MB of short-lived allocations); glibc
 /// keeps freed heap mapped unless asked, which would double the agent's resident size.
-fn release_freed_heap() {
+pub fn release_freed_heap() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only returns free heap pages to the kernel.
     unsafe {

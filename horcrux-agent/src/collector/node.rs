@@ -60,7 +60,45 @@ pub struct NodeCollector {
     disk_counters: RateTracker<String, 5>,
     network_counters: RateTracker<String, 8>,
     prober: Prober,
+    /// Whose mounts are the node's filesystems: PID 1's (`1/mountinfo`, reached
+    /// through `/proc/1/root`) when readable, so that a service in its own mount
+    /// namespace (systemd's `ProtectSystem=`, `PrivateTmp=`) still reports the host's;
+    /// else the agent's own.
+    mount_view: MountView,
     pub health: CollectorHealth,
+}
+
+struct MountView {
+    mountinfo: &'static str,
+    /// Prefix for statvfs paths (`/proc/1/root`), `None` for the agent's own view.
+    root: Option<PathBuf>,
+}
+
+impl MountView {
+    fn of(proc_root: &Path) -> Self {
+        let host_root = proc_root.join("1/root");
+        let readable = std::fs::read(proc_root.join("1/mountinfo")).is_ok()
+            && std::fs::metadata(&host_root).is_ok();
+        if readable {
+            Self {
+                mountinfo: "1/mountinfo",
+                root: Some(host_root),
+            }
+        } else {
+            Self {
+                mountinfo: "self/mountinfo",
+                root: None,
+            }
+        }
+    }
+
+    /// Where to `statvfs` a mount point of this view.
+    fn path(&self, mount_point: &Path) -> PathBuf {
+        match &self.root {
+            Some(root) => root.join(mount_point.strip_prefix("/").unwrap_or(mount_point)),
+            None => mount_point.to_owned(),
+        }
+    }
 }
 
 /// How long a `statvfs` may take before its mount is reported stale.
@@ -68,6 +106,7 @@ pub const STATVFS_TIMEOUT: Duration = Duration::from_millis(500);
 
 impl NodeCollector {
     pub fn new(sources: NodeSources) -> Self {
+        let mount_view = MountView::of(&sources.proc_root);
         Self {
             proc: TextReader::new(sources.proc_root.clone()),
             sources,
@@ -77,6 +116,7 @@ impl NodeCollector {
             disk_counters: RateTracker::new(Decrease::Reset),
             network_counters: RateTracker::new(Decrease::Reset),
             prober: Prober::new(STATVFS_TIMEOUT),
+            mount_view,
             health: CollectorHealth::default(),
         }
     }
@@ -111,7 +151,7 @@ impl NodeCollector {
             .map(|interfaces| self.network_metrics(interfaces));
         let mut stale_filesystems = Vec::new();
         let filesystems = self
-            .read(timestamp, "self/mountinfo", mountinfo::parse)
+            .read(timestamp, self.mount_view.mountinfo, mountinfo::parse)
             .map(|mounts| self.filesystem_metrics(&mounts, &mut stale_filesystems, timestamp));
         let disk_usage = match self.statvfs(&self.sources.root_filesystem.clone()) {
             Probe::Done(Ok(usage)) => usage.usage_percent(),
@@ -154,10 +194,10 @@ impl NodeCollector {
     }
 
     /// `statvfs` off the collector thread, so that a hung mount cannot stall a cycle.
-    fn statvfs(&self, path: &Path) -> Probe<nix::Result<statfs::Usage>> {
-        let owned = path.to_owned();
+    fn statvfs(&self, mount_point: &Path) -> Probe<nix::Result<statfs::Usage>> {
+        let path = self.mount_view.path(mount_point);
         self.prober
-            .run(&path.to_string_lossy(), move || statfs::usage(&owned))
+            .run(&mount_point.to_string_lossy(), move || statfs::usage(&path))
     }
 
     /// Reads and parses one `/proc` file, recording a failure instead of returning it.

@@ -61,6 +61,8 @@ pub enum ProgramState {
     Attached,
     Failed,
     NotEmbedded,
+    /// `[ebpf] enabled = false`.
+    Disabled,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -105,7 +107,44 @@ impl EbpfPrograms {
 
     /// Loads and attaches every program, recording why any of them could not be.
     pub fn load(hierarchies: &Hierarchies) -> Self {
-        let mut programs = Self {
+        let mut programs = Self::unloaded();
+        if !Self::embedded() {
+            programs.fail(
+                None,
+                ProgramState::NotEmbedded,
+                "built without the eBPF toolchain; run `cargo xtask setup` and rebuild",
+            );
+            tracing::warn!("eBPF programs are not embedded in this build");
+            return programs;
+        }
+        if let Err(error) = programs.load_and_attach(hierarchies) {
+            tracing::warn!("eBPF programs not loaded: {error}");
+            programs.fail(None, ProgramState::Failed, &error);
+        }
+        programs
+    }
+
+    /// No program loaded, as configured (`[ebpf] enabled = false`).
+    pub fn disabled() -> Self {
+        let mut programs = Self::unloaded();
+        programs.fail(
+            None,
+            ProgramState::Disabled,
+            "disabled in the config ([ebpf] enabled = false)",
+        );
+        programs
+    }
+
+    /// Whether any program is attached.
+    pub fn any_attached(&self) -> bool {
+        self.status
+            .programs
+            .iter()
+            .any(|program| program.state == ProgramState::Attached)
+    }
+
+    fn unloaded() -> Self {
+        Self {
             ebpf: None,
             logger: None,
             sched: None,
@@ -128,21 +167,7 @@ impl EbpfPrograms {
             },
             // Set when the programs attach; without them no counter is published.
             since: 0,
-        };
-        if !Self::embedded() {
-            programs.fail(
-                None,
-                ProgramState::NotEmbedded,
-                "built without the eBPF toolchain; run `cargo xtask setup` and rebuild",
-            );
-            tracing::warn!("eBPF programs are not embedded in this build");
-            return programs;
         }
-        if let Err(error) = programs.load_and_attach(hierarchies) {
-            tracing::warn!("eBPF programs not loaded: {error}");
-            programs.fail(None, ProgramState::Failed, &error);
-        }
-        programs
     }
 
     /// Marks the programs of `family` (all of them for `None`) as not running, and why.

@@ -109,6 +109,13 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Json<serde_json::Valu
             "clients": state.ws_clients.load(Ordering::Relaxed),
             "max_clients": state.config.max_ws_clients,
         },
+        "security": {
+            "tls": state.tls.is_some(),
+            "client_certificates": state.config.server.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some()),
+            "authentication": state.config.server.authenticates(),
+            "capabilities": state.capabilities,
+            "max_connections": state.config.server.max_connections,
+        },
     }))
 }
 

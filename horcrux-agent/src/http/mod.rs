@@ -6,6 +6,8 @@ mod containers;
 mod dashboard;
 mod history;
 mod prometheus;
+pub mod security;
+pub mod serve;
 mod ws;
 
 use std::{
@@ -57,7 +59,21 @@ pub struct AppState {
     pub alerts: Arc<Mutex<AlertEngine>>,
     pub collectors: Collectors,
     pub ebpf_embedded: bool,
+    /// Replaced on SIGHUP.
+    pub credentials: std::sync::RwLock<Arc<security::Credentials>>,
+    /// Names `Host` may carry.
+    pub allowed_hosts: std::collections::HashSet<String>,
+    pub tls: Option<Arc<serve::TlsReloader>>,
+    /// `/metrics` renders running at once (each walks every container).
+    pub renders: tokio::sync::Semaphore,
+    /// Effective capabilities after start-up.
+    pub capabilities: Vec<String>,
 }
+
+/// Concurrent `/metrics` renders; further scrapes wait their turn.
+pub const MAX_CONCURRENT_RENDERS: usize = 2;
+/// A request is answered within this, or gets 503.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl AppState {
     /// Collection is complete: the eBPF programs are attached or have failed, and
@@ -111,7 +127,21 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ws", get(ws::upgrade))
         .merge(metrics)
         .fallback(api::not_found)
+        .layer(middleware::from_fn(time_limit))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            security::guard,
+        ))
         .with_state(state)
+}
+
+async fn time_limit(request: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            ApiError(StatusCode::SERVICE_UNAVAILABLE, "request timed out".into()).into_response()
+        }
+    }
 }
 
 async fn ready_or_starting(

@@ -23,6 +23,8 @@ use crate::{
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    // Renders walk every container: a few at a time, the rest wait their turn.
+    let _render = state.renders.acquire().await;
     let node = state.node.borrow().clone();
     let containers = state.containers.borrow().clone();
     let mut out = Exposition::default();

@@ -21,6 +21,8 @@ use tokio::sync::broadcast::error::RecvError;
 use super::{ApiError, AppState};
 
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Clients have nothing to say: frames and messages beyond this close the connection.
+const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 
 pub async fn upgrade(State(state): State<Arc<AppState>>, upgrade: WebSocketUpgrade) -> Response {
     let admitted = state
@@ -40,7 +42,10 @@ pub async fn upgrade(State(state): State<Arc<AppState>>, upgrade: WebSocketUpgra
         .into_response();
     }
     let slot = ClientSlot(Arc::clone(&state));
-    upgrade.on_upgrade(move |socket| serve(socket, slot))
+    upgrade
+        .max_frame_size(MAX_CLIENT_MESSAGE)
+        .max_message_size(MAX_CLIENT_MESSAGE)
+        .on_upgrade(move |socket| serve(socket, slot))
 }
 
 /// Frees the client's place when its connection ends, however it ends.

@@ -215,7 +215,7 @@ function histogram(h, title) {
   const max = Math.max(1, ...counts);
   const mean = h.count ? h.sum / h.count : null;
   return `<h2>${title}</h2>
-    <div class="histogram">${counts.map((c, i) => `<div title="≤ ${micros(h.buckets[i].le)}: ${c}" style="height:${(c / max) * 100}%"></div>`).join('')}</div>
+    <div class="histogram">${counts.map((c, i) => `<div title="≤ ${micros(h.buckets[i].le)}: ${c}" data-height="${(c / max) * 100}"></div>`).join('')}</div>
     <div class="histogram-labels"><span>${micros(h.buckets[0].le)}</span><span>mean ${micros(mean)} · ${h.count} samples</span><span>${micros(h.buckets.at(-1).le)}</span></div>`;
 }
 
@@ -253,6 +253,10 @@ function renderDetail(c) {
     ]) : `<p class="muted">${escapeHtml(c.unavailable?.network ?? 'unavailable')}</p>`}</div>
     <div>${ebpf ? histogram(ebpf.sched?.runq_latency, 'Run-queue latency') : '<h2>Run-queue latency</h2><p class="muted">needs the eBPF scheduler programs (not loaded)</p>'}</div>
     <div>${ebpf ? histogram(ebpf.blkio?.latency, 'Block I/O latency') : '<h2>Block I/O latency</h2><p class="muted">needs the eBPF block-I/O programs (not loaded)</p>'}</div>`;
+  // Bar heights through the CSSOM: the page's CSP allows no inline style attributes.
+  for (const bar of $('#detail-body').querySelectorAll('.histogram > div')) {
+    bar.style.height = `${bar.dataset.height}%`;
+  }
 }
 
 async function refreshDetail() {
