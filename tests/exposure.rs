@@ -383,6 +383,13 @@ async fn slow_and_greedy_clients_cannot_lock_others_out() {
         "{} half-open",
         half_open.len()
     );
+    // A keep-alive connection that made one request and then idles.
+    let mut idle = std::net::TcpStream::connect(addr).expect("connect");
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .expect("request");
+    let mut first = [0u8; 1024];
+    let answered = idle.read(&mut first).expect("response");
+    assert!(String::from_utf8_lossy(&first[..answered]).starts_with("HTTP/1.1 200"));
     let started = Instant::now();
     // A legitimate client polls every second, each time on a new connection.
     let mut slowest = Duration::ZERO;
@@ -414,6 +421,7 @@ async fn slow_and_greedy_clients_cannot_lock_others_out() {
         std::thread::sleep(wait);
         half_open
             .into_iter()
+            .chain(std::iter::once(idle))
             .filter(|stream| {
                 let mut stream = stream;
                 let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));

@@ -7,6 +7,7 @@
 
 mod bench_churn;
 mod bench_ebpf;
+mod bench_http;
 
 use std::{
     env,
@@ -86,6 +87,10 @@ fn main() -> ExitCode {
                     Some(_) => Err("bench-ebpf takes a number of rounds (default 7)".into()),
                 }
             }),
+        "bench-http" => setup()
+            .and_then(|()| ensure_packages(&["wrk", "python3-websocket", "openssl"]))
+            .and_then(|()| cargo(&["build", "--release", "-p", "horcrux-agent"]))
+            .and_then(|()| bench_http::run()),
         "bench-churn" => setup()
             .and_then(|()| cargo(&["build", "--release", "-p", "horcrux-agent"]))
             .and_then(|()| {
@@ -122,7 +127,8 @@ fn usage() -> String {
      \x20 test         formatting, clippy and every test (unit, fixture, live, end-to-end, eBPF)\n\
      \x20 bench        collection-cycle benchmark\n\
      \x20 bench-ebpf [ROUNDS]  overhead of the eBPF programs vs detached and vs libbpf-tools (root)\n\
-     \x20 bench-churn [MINUTES] [CONTAINERS]  the agent under a churning container population (root)"
+     \x20 bench-churn [MINUTES] [CONTAINERS]  the agent under a churning container population (root)\n\
+     \x20 bench-http   requests/s and p99 of the HTTP surface, plain vs TLS + token, with WebSocket load"
         .into()
 }
 
