@@ -551,6 +551,25 @@ fn unsafe_starts_are_refused_naming_the_key_or_file() {
         "{stderr}"
     );
 
+    // A TLS key every user can read; then a private key with a broken certificate.
+    let key = file(dir.path(), "tls.key", "not a key", 0o644);
+    let cert = file(dir.path(), "tls.crt", "not a certificate", 0o644);
+    let tls = format!(
+        "[server]\ntls_cert_file = {}\ntls_key_file = {}\n",
+        toml_path(&cert),
+        toml_path(&key)
+    );
+    let (code, stderr) = start_and_exit(&tls, &["--listen", "127.0.0.1:0"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("tls.key") && stderr.contains("readable"),
+        "{stderr}"
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let (code, stderr) = start_and_exit(&tls, &["--listen", "127.0.0.1:0"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("tls.crt"), "{stderr}");
+
     let (code, stderr) = start_and_exit(
         "[server]\ntls_cert_file = \"/nonexistent.pem\"\n",
         &["--listen", "127.0.0.1:0"],

@@ -50,6 +50,8 @@ pub enum TlsError {
         path: std::path::PathBuf,
         message: String,
     },
+    #[error(transparent)]
+    Secret(#[from] super::security::SecretError),
 }
 
 /// The current TLS configuration, rebuilt from the files when they change.
@@ -134,6 +136,7 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 
 fn build(files: &TlsFiles) -> Result<rustls::ServerConfig, TlsError> {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    super::security::check_private(&files.key)?;
     let certificates: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(&read(&files.cert)?)
             .filter_map(Result::ok)
