@@ -662,3 +662,53 @@ fn available<T>(
         .map_err(|reason| unavailable.insert(family, reason))
         .ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn container(path: &str, id: &str, owner_uid: Option<u32>) -> DiscoveredContainer {
+        DiscoveredContainer {
+            id: id.to_owned(),
+            runtime: Runtime::Podman,
+            pod: None,
+            relative_path: path.to_owned(),
+            owner_uid,
+        }
+    }
+
+    #[test]
+    fn caps_keep_root_containers_first_and_count_the_excess() {
+        let settings = ContainerSettings {
+            max_containers: 3,
+            max_containers_per_user: 1,
+        };
+        let found = vec![
+            container("user.slice/u@1000/a", "a", Some(1000)),
+            container("user.slice/u@1000/b", "b", Some(1000)),
+            container("user.slice/u@1001/c", "c", Some(1001)),
+            container("docker/r1", "r1", None),
+            container("docker/r2", "r2", None),
+        ];
+        let (admitted, report) = admit(found, &settings);
+        let paths: Vec<&str> = admitted.iter().map(|c| c.relative_path.as_str()).collect();
+        assert_eq!(paths, ["docker/r1", "docker/r2", "user.slice/u@1000/a"]);
+        assert_eq!(report.over_user_limit, BTreeMap::from([(1000, 1)]));
+        assert_eq!(report.over_max_containers, 1, "uid 1001's one container");
+    }
+
+    #[test]
+    fn two_cgroups_claiming_one_id_are_both_kept_and_reported() {
+        let found = vec![
+            container("docker/abc", "abc", None),
+            container("user.slice/u@1000/x/docker-abc.scope", "abc", Some(1000)),
+        ];
+        let (admitted, report) = admit(found, &ContainerSettings::default());
+        assert_eq!(admitted.len(), 2);
+        assert_eq!(report.id_conflict_count, 1);
+        assert_eq!(
+            report.id_conflicts[0].cgroups,
+            ["/docker/abc", "/user.slice/u@1000/x/docker-abc.scope"]
+        );
+    }
+}
