@@ -67,6 +67,17 @@ pub fn real_filesystems(mounts: &[Mount]) -> Vec<&Mount> {
     chosen
 }
 
+/// Filesystems whose `statvfs` can wait on something other than this kernel: a
+/// network server, a user-space daemon (FUSE), a cluster lock. Unknown types (`""`)
+/// count as such.
+pub fn may_hang(fs_type: &str) -> bool {
+    const LOCAL: &[&str] = &[
+        "ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "ramfs", "vfat", "exfat", "f2fs", "zfs",
+        "jfs", "reiserfs", "ntfs3", "devtmpfs", "erofs",
+    ];
+    !LOCAL.contains(&fs_type)
+}
+
 /// Space and inode usage of the filesystem holding `path`.
 pub fn usage(path: &Path) -> nix::Result<Usage> {
     let stat = nix::sys::statvfs::statvfs(path)?;
