@@ -223,9 +223,12 @@ fn contention_is_charged_to_its_cgroup(
         "{view}: {} run-queue samples",
         runq.count()
     );
-    // The shell that started them adds a handful of runs of its own.
+    // The shell that started them adds a handful of runs of its own; the kernel
+    // runs no program for a few switches under load (0.16% here with two busy
+    // loops: /proc/stat `ctxt` against sched_switch's `run_cnt`, no recursion miss
+    // reported), so allow 1% fewer samples than runs.
     assert!(
-        runq.count() >= runs,
+        runq.count() * 100 >= runs * 99,
         "{view}: {} samples, {runs} runs",
         runq.count()
     );

@@ -37,6 +37,7 @@ pub struct Credentials {
     /// user → bcrypt hash.
     users: Vec<(String, String)>,
     verified: Mutex<Vec<[u8; 32]>>,
+    bcrypt_slots: tokio::sync::Semaphore,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +94,7 @@ impl Credentials {
                 .map(|(user, hash)| (user.clone(), hash.clone()))
                 .collect(),
             verified: Mutex::new(Vec::new()),
+            bcrypt_slots: tokio::sync::Semaphore::new(BCRYPT_AT_ONCE),
         })
     }
 
@@ -106,18 +108,20 @@ impl Credentials {
             .is_some_and(|token| bool::from(token.as_bytes().ct_eq(offered.as_bytes())))
     }
 
-    fn basic_matches(&self, encoded: &str) -> bool {
+    /// Basic credentials: known (cached) or refused at once, or to be checked with
+    /// bcrypt.
+    fn basic(&self, encoded: &str) -> Admission {
         let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else {
-            return false;
+            return Admission::No;
         };
         let Some((user, password)) = std::str::from_utf8(&decoded)
             .ok()
             .and_then(|text| text.split_once(':'))
         else {
-            return false;
+            return Admission::No;
         };
         let digest: [u8; 32] = sha2::Sha256::digest(&decoded).into();
-        let mut verified = self
+        let verified = self
             .verified
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -125,39 +129,96 @@ impl Credentials {
             .iter()
             .any(|known| bool::from(known.ct_eq(&digest)))
         {
-            return true;
+            return Admission::Yes;
         }
-        let Some((_, hash)) = self.users.iter().find(|(name, _)| name == user) else {
-            // Spend the same work on unknown users as on known ones.
-            let _ = bcrypt::verify(password, DUMMY_HASH);
-            return false;
-        };
-        if !bcrypt::verify(password, hash).unwrap_or(false) {
-            return false;
+        let known = self.users.iter().find(|(name, _)| name == user);
+        Admission::Verify {
+            digest,
+            password: password.to_owned(),
+            // Unknown users cost the same work as known ones, and fail.
+            hash: known
+                .map_or(DUMMY_HASH, |(_, hash)| hash.as_str())
+                .to_owned(),
+            known: known.is_some(),
         }
-        if verified.len() >= VERIFIED_CACHE {
-            verified.remove(0);
-        }
-        verified.push(digest);
-        true
     }
 
-    /// Whether the request carries valid credentials.
-    fn admits(&self, headers: &HeaderMap) -> bool {
+    /// What the request's credentials say, without the slow check.
+    fn admission(&self, headers: &HeaderMap) -> Admission {
         if let Some(value) = headers
             .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
         {
             if let Some(token) = value.strip_prefix("Bearer ") {
-                return self.token_matches(token.trim());
+                return Admission::from(self.token_matches(token.trim()));
             }
             if let Some(encoded) = value.strip_prefix("Basic ") {
-                return self.basic_matches(encoded);
+                return self.basic(encoded);
             }
         }
-        cookie(headers, SESSION_COOKIE).is_some_and(|token| self.token_matches(token))
+        Admission::from(
+            cookie(headers, SESSION_COOKIE).is_some_and(|token| self.token_matches(token)),
+        )
+    }
+
+    /// Whether the request carries valid credentials. bcrypt runs on a blocking
+    /// thread, [`BCRYPT_AT_ONCE`] at a time, so a flood of wrong passwords queues
+    /// instead of stalling the server; verified credentials are then cached.
+    async fn admits(&self, headers: &HeaderMap) -> bool {
+        match self.admission(headers) {
+            Admission::Yes => true,
+            Admission::No => false,
+            Admission::Verify {
+                digest,
+                password,
+                hash,
+                known,
+            } => {
+                let Ok(_slot) = self.bcrypt_slots.acquire().await else {
+                    return false;
+                };
+                let matches = tokio::task::spawn_blocking(move || {
+                    bcrypt::verify(password, &hash).unwrap_or(false)
+                })
+                .await
+                .unwrap_or(false);
+                if !(known && matches) {
+                    return false;
+                }
+                let mut verified = self
+                    .verified
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if verified.len() >= VERIFIED_CACHE {
+                    verified.remove(0);
+                }
+                verified.push(digest);
+                true
+            }
+        }
     }
 }
+
+/// What a request's credentials say before bcrypt.
+enum Admission {
+    Yes,
+    No,
+    Verify {
+        digest: [u8; 32],
+        password: String,
+        hash: String,
+        known: bool,
+    },
+}
+
+impl From<bool> for Admission {
+    fn from(admitted: bool) -> Self {
+        if admitted { Self::Yes } else { Self::No }
+    }
+}
+
+/// bcrypt checks running at once (each takes tens of milliseconds of CPU).
+const BCRYPT_AT_ONCE: usize = 2;
 
 use sha2::Digest;
 
@@ -273,7 +334,7 @@ async fn check(state: &AppState, request: Request, next: Next) -> Response {
         .read()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
-    if credentials.required() && !credentials.admits(request.headers()) {
+    if credentials.required() && !credentials.admits(request.headers()).await {
         // A token given once to the dashboard (`/?token=…`) becomes a session cookie.
         if request.uri().path() == "/"
             && let Some(token) = request.uri().query().and_then(|query| {
@@ -358,13 +419,14 @@ mod tests {
         assert_eq!(host_name("evil.example:80"), "evil.example");
     }
 
-    #[test]
-    fn credentials_check_tokens_users_and_cookies() {
+    #[tokio::test]
+    async fn credentials_check_tokens_users_and_cookies() {
         let hash = bcrypt::hash("s3cret", 4).expect("hash");
         let credentials = Credentials {
             token: Some("tok".into()),
             users: vec![("prometheus".into(), hash)],
             verified: Mutex::new(Vec::new()),
+            bcrypt_slots: tokio::sync::Semaphore::new(BCRYPT_AT_ONCE),
         };
         let headers = |name, value: &str| {
             let mut map = HeaderMap::new();
@@ -377,15 +439,16 @@ mod tests {
                 base64::engine::general_purpose::STANDARD.encode(text)
             )
         };
-        assert!(credentials.admits(&headers(header::AUTHORIZATION, "Bearer tok")));
-        assert!(!credentials.admits(&headers(header::AUTHORIZATION, "Bearer nope")));
-        assert!(credentials.admits(&headers(header::AUTHORIZATION, &basic("prometheus:s3cret"))));
+        let admits = async |headers: HeaderMap| credentials.admits(&headers).await;
+        assert!(admits(headers(header::AUTHORIZATION, "Bearer tok")).await);
+        assert!(!admits(headers(header::AUTHORIZATION, "Bearer nope")).await);
+        assert!(admits(headers(header::AUTHORIZATION, &basic("prometheus:s3cret"))).await);
         // Cached the second time, still exact.
-        assert!(credentials.admits(&headers(header::AUTHORIZATION, &basic("prometheus:s3cret"))));
-        assert!(!credentials.admits(&headers(header::AUTHORIZATION, &basic("prometheus:wrong"))));
-        assert!(!credentials.admits(&headers(header::AUTHORIZATION, &basic("nobody:s3cret"))));
-        assert!(credentials.admits(&headers(header::COOKIE, "a=b; horcrux_token=tok")));
-        assert!(!credentials.admits(&HeaderMap::new()));
+        assert!(admits(headers(header::AUTHORIZATION, &basic("prometheus:s3cret"))).await);
+        assert!(!admits(headers(header::AUTHORIZATION, &basic("prometheus:wrong"))).await);
+        assert!(!admits(headers(header::AUTHORIZATION, &basic("nobody:s3cret"))).await);
+        assert!(admits(headers(header::COOKIE, "a=b; horcrux_token=tok")).await);
+        assert!(!admits(HeaderMap::new()).await);
         assert_eq!(crate::config::bcrypt_cost(DUMMY_HASH), Some(10));
     }
 }
