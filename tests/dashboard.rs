@@ -131,6 +131,16 @@ impl Browser {
         }
     }
 
+    /// Waits until the dashboard says its WebSocket is live.
+    async fn wait_live(&self) {
+        self.wait_for(
+            "connection state",
+            "return document.querySelector('#connection').dataset.state",
+            |v| v == "live",
+        )
+        .await;
+    }
+
     async fn screenshot(&self, path: &Path) {
         let encoded = self
             .command(reqwest::Method::GET, "/screenshot", Value::Null)
@@ -185,13 +195,7 @@ async fn dashboard_updates_live_in_a_real_browser() {
     agent.wait_for_cycles(2).await;
     let browser = Browser::start().await;
     browser.open(&agent.url("/")).await;
-    browser
-        .wait_for(
-            "connection state",
-            "return document.querySelector('#connection').dataset.state",
-            |v| v == "live",
-        )
-        .await;
+    browser.wait_live().await;
 
     // Numbers change as WebSocket messages arrive: the sample time moves on.
     let stamp = "return Number(document.querySelector('#updated').dataset.timestamp || 0)";
@@ -328,13 +332,7 @@ async fn with_auth_on_the_dashboard_logs_in_once_and_other_sites_cannot_read_the
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     browser.open(&agent.url("/?token=dashboard-token-77")).await;
-    browser
-        .wait_for(
-            "connection state",
-            "return document.querySelector('#connection').dataset.state",
-            |v| v == "live",
-        )
-        .await;
+    browser.wait_live().await;
     // A page from another origin tries to read the agent's WebSocket (the browser
     // even sends the session cookie: 127.0.0.1 on another port is the same site).
     let page = format!(
