@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     Agent,
-    cgroup::{TestCgroup, hierarchies, skip_unless_root},
+    cgroup::{TestCgroup, hierarchies},
     wait_for_message,
 };
 use serde_json::Value;
@@ -61,10 +61,8 @@ async fn container_metrics(agent: &Agent, id: &str, ready: impl Fn(&Value) -> bo
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: loads eBPF programs and creates cgroups"]
 async fn programs_attach_without_tracefs_and_report_per_container() {
-    if skip_unless_root("programs_attach_without_tracefs_and_report_per_container") {
-        return;
-    }
     // tp_btf programs need no tracefs: take it away (if nothing holds it) to prove it.
     let _ = nix::mount::umount(TRACEFS);
     let agent = Agent::start("[monitoring]\nvm_metrics_interval = 1\n");
@@ -232,10 +230,8 @@ async fn programs_attach_without_tracefs_and_report_per_container() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: runs the agent as another user"]
 async fn without_privileges_each_program_says_why_and_the_rest_runs() {
-    if skip_unless_root("without_privileges_each_program_says_why_and_the_rest_runs") {
-        return;
-    }
     let agent = Agent::start_unprivileged("");
     let status = agent.wait_for_cycles(2).await;
     let ebpf = &status["ebpf"];

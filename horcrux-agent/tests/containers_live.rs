@@ -9,7 +9,7 @@ mod cgroup;
 
 use std::{process::Command, time::Duration};
 
-use cgroup::{TestCgroup, hierarchies, serial, skip_unless_root, wait_for};
+use cgroup::{TestCgroup, hierarchies, serial, wait_for};
 use horcrux_agent::{
     cgroup::stats::CgroupReader,
     collector::containers::ContainerCollector,
@@ -44,10 +44,8 @@ fn between(what: &str, low: u64, value: u64, high: u64) {
 }
 
 #[test]
+#[ignore = "needs root: creates cgroups"]
 fn cpu_burner_with_a_half_cpu_quota() {
-    if skip_unless_root("cpu_burner_with_a_half_cpu_quota") {
-        return;
-    }
     let _serial = serial();
     let mut cgroup = TestCgroup::new();
     cgroup.write("cpu", "cpu.cfs_period_us", "100000");
@@ -97,10 +95,8 @@ fn cpu_burner_with_a_half_cpu_quota() {
 }
 
 #[test]
+#[ignore = "needs root: creates cgroups"]
 fn memory_allocation_of_known_size() {
-    if skip_unless_root("memory_allocation_of_known_size") {
-        return;
-    }
     let _serial = serial();
     let mut cgroup = TestCgroup::new();
     cgroup.write("memory", "memory.limit_in_bytes", &(256 * MIB).to_string());
@@ -144,10 +140,8 @@ fn memory_allocation_of_known_size() {
 }
 
 #[test]
+#[ignore = "needs root: creates cgroups"]
 fn direct_io_write_counts_with_a_throttle_rule_and_is_unavailable_without() {
-    if skip_unless_root("direct_io_write_counts_with_a_throttle_rule_and_is_unavailable_without") {
-        return;
-    }
     let _serial = serial();
     let dir =
         tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).expect("temp dir on a real block device");
@@ -217,10 +211,8 @@ fn direct_io_write_counts_with_a_throttle_rule_and_is_unavailable_without() {
 }
 
 #[test]
+#[ignore = "needs root: creates cgroups"]
 fn network_namespace_traffic_over_a_veth_pair() {
-    if skip_unless_root("network_namespace_traffic_over_a_veth_pair") {
-        return;
-    }
     let _serial = serial();
     let mut cgroup = TestCgroup::new();
     let suffix = cgroup.id[..6].to_owned();
@@ -298,10 +290,8 @@ fn network_namespace_traffic_over_a_veth_pair() {
 }
 
 #[test]
+#[ignore = "needs root: creates cgroups"]
 fn a_container_in_the_host_network_namespace_is_not_credited_host_traffic() {
-    if skip_unless_root("a_container_in_the_host_network_namespace_is_not_credited_host_traffic") {
-        return;
-    }
     let _serial = serial();
     let mut cgroup = TestCgroup::new();
     cgroup.run("exec sleep 60", "");

@@ -11,7 +11,7 @@ mod cgroup;
 
 use std::{collections::BTreeMap, os::unix::fs::MetadataExt, time::Duration};
 
-use cgroup::{TestCgroup, hierarchies, serial, skip_unless_root, wait_for};
+use cgroup::{TestCgroup, hierarchies, serial, wait_for};
 use horcrux_agent::{
     cgroup::Hierarchies,
     ebpf::{
@@ -25,18 +25,12 @@ use horcrux_common::{
 
 const MIB: u64 = 1 << 20;
 
-fn skip(test: &str) -> bool {
-    if skip_unless_root(test) {
-        return true;
-    }
-    if !EbpfPrograms::embedded() {
-        panic!("the agent was built without eBPF programs: run `cargo xtask setup` and rebuild");
-    }
-    false
-}
-
 /// Loads the programs and checks that every one attached.
 fn load(hierarchies: &Hierarchies) -> EbpfPrograms {
+    assert!(
+        EbpfPrograms::embedded(),
+        "the agent was built without eBPF programs: run `cargo xtask setup` and rebuild"
+    );
     let programs = EbpfPrograms::load(hierarchies);
     for program in programs.status().programs {
         assert_eq!(
@@ -267,10 +261,8 @@ fn contention_is_charged_to_its_cgroup(
 }
 
 #[test]
+#[ignore = "needs root: loads eBPF programs and creates cgroups"]
 fn run_queue_contention_in_the_v1_cpu_hierarchy() {
-    if skip("run_queue_contention_in_the_v1_cpu_hierarchy") {
-        return;
-    }
     let host = hierarchies();
     if !host.v1.contains_key("cpuacct") {
         eprintln!("SKIPPED: no v1 cpuacct hierarchy on this host (the cgroup2 test covers it)");
@@ -286,10 +278,8 @@ fn run_queue_contention_in_the_v1_cpu_hierarchy() {
 }
 
 #[test]
+#[ignore = "needs root: loads eBPF programs and creates cgroups"]
 fn run_queue_contention_in_the_cgroup2_tree() {
-    if skip("run_queue_contention_in_the_cgroup2_tree") {
-        return;
-    }
     let view = unified_view();
     let Some(root) = view.unified.clone() else {
         eprintln!("SKIPPED: no cgroup2 tree mounted");
@@ -392,18 +382,14 @@ fn ping_pong_switches(view: &str, hierarchies: &Hierarchies) {
 }
 
 #[test]
+#[ignore = "needs root: loads eBPF programs and creates cgroups"]
 fn pipe_ping_pong_voluntary_switches_in_the_v1_cpu_hierarchy() {
-    if skip("pipe_ping_pong_voluntary_switches_in_the_v1_cpu_hierarchy") {
-        return;
-    }
     ping_pong_switches("v1 cpu", &hierarchies());
 }
 
 #[test]
+#[ignore = "needs root: loads eBPF programs and creates cgroups"]
 fn pipe_ping_pong_voluntary_switches_in_the_cgroup2_tree() {
-    if skip("pipe_ping_pong_voluntary_switches_in_the_cgroup2_tree") {
-        return;
-    }
     ping_pong_switches("cgroup2", &unified_view());
 }
 
@@ -440,10 +426,8 @@ fn kernel_written(cgroup: &TestCgroup) -> u64 {
 }
 
 #[test]
+#[ignore = "needs root: loads eBPF programs and creates cgroups"]
 fn direct_io_is_charged_to_the_writing_cgroup() {
-    if skip("direct_io_is_charged_to_the_writing_cgroup") {
-        return;
-    }
     let _serial = serial();
     let host = hierarchies();
     let mut programs = load(&host);
@@ -597,10 +581,8 @@ fn node_ops(programs: &mut EbpfPrograms, disk: (u32, u32)) -> ([u64; 4], [u64; 3
 }
 
 #[test]
+#[ignore = "needs root: loads eBPF programs and creates cgroups"]
 fn request_classes_match_the_disks_own_counters() {
-    if skip("request_classes_match_the_disks_own_counters") {
-        return;
-    }
     let _serial = serial();
     let mut programs = load(&hierarchies());
     let (dir, _) = test_device();
@@ -683,10 +665,8 @@ fn request_classes_match_the_disks_own_counters() {
 }
 
 #[test]
+#[ignore = "needs root: loads eBPF programs and creates cgroups"]
 fn a_removed_cgroup_is_reclaimed_and_the_node_totals_keep_its_counts() {
-    if skip("a_removed_cgroup_is_reclaimed_and_the_node_totals_keep_its_counts") {
-        return;
-    }
     let _serial = serial();
     let mut programs = load(&hierarchies());
     let mut cgroup = TestCgroup::new();
