@@ -32,6 +32,15 @@ pub enum Probe<T> {
     Stale,
 }
 
+impl<T> Probe<T> {
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Probe<U> {
+        match self {
+            Probe::Done(value) => Probe::Done(f(value)),
+            Probe::Stale => Probe::Stale,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Shared {
     /// Keys whose probe has not returned.

@@ -56,7 +56,15 @@ fn unified_view() -> Hierarchies {
 
 /// One read of the maps, which must succeed.
 fn read(programs: &mut EbpfPrograms) -> EbpfCounters {
-    let (counters, errors) = programs.read();
+    // As the node collector does: `/proc/diskstats` first, then the maps.
+    let text = std::fs::read_to_string("/proc/diskstats").expect("diskstats");
+    let disks = horcrux_agent::procfs::diskstats::parse(&text).expect("parses");
+    let idle = horcrux_agent::ebpf::counters::idle_devices(
+        disks
+            .iter()
+            .map(|disk| (disk.major, disk.minor, disk.in_flight)),
+    );
+    let (counters, errors) = programs.read(&idle);
     assert!(errors.is_empty(), "{errors:?}");
     counters
 }

@@ -27,7 +27,10 @@ use crate::{
     cgroup::Hierarchies,
     cgroup::stats::CgroupReader,
     clock::{self, Stamp},
-    ebpf::{EbpfPrograms, EbpfStatus, counters::EbpfCounters},
+    ebpf::{
+        EbpfPrograms, EbpfStatus,
+        counters::{EbpfCounters, idle_devices},
+    },
     history::{self, History, Scope},
     model::{
         ContainerMetrics, EbpfIntervals, EbpfMetrics, NodeMetrics, NodeMetricsMessage,
@@ -154,7 +157,14 @@ pub fn spawn_node(
                 let (started, cpu_before, at) = (Instant::now(), thread_cpu_time(), clock::now());
                 status.maybe_inject_panic("node", collector.health.cycles);
                 let mut node = collector.collect(hostname(), at.unix);
-                let (counters, errors) = ebpf.read();
+                // The cycle's `/proc/diskstats`, read before the eBPF maps.
+                let idle = idle_devices(
+                    node.disks
+                        .iter()
+                        .flatten()
+                        .map(|disk| (disk.major, disk.minor, disk.in_flight)),
+                );
+                let (counters, errors) = ebpf.read(&idle);
                 for error in errors {
                     collector
                         .health

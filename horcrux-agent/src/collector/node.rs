@@ -153,9 +153,19 @@ impl NodeCollector {
         let filesystems = self
             .read(timestamp, self.mount_view.mountinfo, mountinfo::parse)
             .map(|mounts| self.filesystem_metrics(&mounts, &mut stale_filesystems, timestamp));
-        // The root filesystem's type is not known here: probed like a remote one.
-        let disk_usage = match self.statvfs(&self.sources.root_filesystem.clone(), "") {
-            Probe::Done(Ok(usage)) => usage.usage_percent(),
+        // The root filesystem was measured with the others; its own statvfs (its type
+        // unknown, so off-thread like a remote one) only when it was not.
+        let root = self.sources.root_filesystem.to_string_lossy().into_owned();
+        let measured = filesystems
+            .iter()
+            .flatten()
+            .find(|fs| fs.mount_point == root)
+            .map(|fs| Probe::Done(Ok(fs.usage_percent)));
+        let disk_usage = match measured.unwrap_or_else(|| {
+            self.statvfs(&self.sources.root_filesystem.clone(), "")
+                .map(|usage| usage.map(|usage| usage.usage_percent()))
+        }) {
+            Probe::Done(Ok(percent)) => percent,
             outcome => {
                 let root = self.sources.root_filesystem.display();
                 let message = match outcome {

@@ -43,6 +43,18 @@ pub struct FamilyCounters<T> {
 /// (a new cgroup) makes the next read walk at once.
 pub const RECLAIM_EVERY_CYCLES: u32 = 12;
 
+/// Devices (`MKDEV`) with no request in flight, as `/proc/diskstats` counts them.
+pub type IdleDevices = std::collections::HashSet<u32>;
+
+/// The idle devices among `(major, minor, requests in flight)`.
+pub fn idle_devices(disks: impl IntoIterator<Item = (u32, u32, u64)>) -> IdleDevices {
+    disks
+        .into_iter()
+        .filter(|&(_, _, in_flight)| in_flight == 0)
+        .map(|(major, minor, _)| horcrux_common::device_number(major, minor))
+        .collect()
+}
+
 /// An in-flight entry this old is a completion the programs never saw.
 const STALE_IN_FLIGHT_NS: u64 = 60_000_000_000;
 
@@ -159,7 +171,8 @@ impl SchedSource {
 /// its request struct is issued again; on a device that goes idle that may be
 /// never, so this reader counts it too: an entry seen at two reads, issued over
 /// [`MISSED_AFTER_NS`] ago, on a device the kernel says has nothing in flight
-/// (`/proc/diskstats`, read first), is a completion that went unobserved.
+/// (`/proc/diskstats`, read by the caller before this read), is a completion that
+/// went unobserved.
 pub struct BlockSource {
     pub map: CgroupMap<BlockKey, BlockCounters>,
     pub in_flight: BpfHashMap<MapData, u64, InFlightRequest>,
@@ -170,7 +183,6 @@ pub struct BlockSource {
     pub missed: HashMap<BlockKey, BlockCounters>,
     /// Unobserved completions the reader counted since attach.
     pub missed_requests: u64,
-    pub diskstats: std::path::PathBuf,
 }
 
 /// An unobserved completion is counted no sooner than this after its issue.
@@ -188,26 +200,15 @@ impl BlockSource {
             suspects: HashMap::new(),
             missed: HashMap::new(),
             missed_requests: 0,
-            diskstats: "/proc/diskstats".into(),
         }
     }
 
-    /// Devices (`MKDEV`) with no request in flight, as the kernel counts them.
-    fn idle_devices(&self) -> std::collections::HashSet<u32> {
-        std::fs::read(&self.diskstats)
-            .ok()
-            .and_then(|bytes| {
-                crate::procfs::diskstats::parse(&String::from_utf8_lossy(&bytes)).ok()
-            })
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|disk| disk.in_flight == 0)
-            .map(|disk| horcrux_common::device_number(disk.major, disk.minor))
-            .collect()
-    }
-
-    pub fn read(&mut self) -> Result<FamilyCounters<Vec<DeviceOpCounters>>, String> {
-        let idle = self.idle_devices();
+    /// `idle`: devices (`MKDEV`) with nothing in flight in `/proc/diskstats`, read
+    /// before this call.
+    pub fn read(
+        &mut self,
+        idle: &IdleDevices,
+    ) -> Result<FamilyCounters<Vec<DeviceOpCounters>>, String> {
         let mut entries = self.map.read(|key| key.cgroup_id, sum_block)?;
         let mut pending: HashMap<BlockKey, u64> = HashMap::new();
         let mut unobserved = Vec::new();

@@ -310,7 +310,10 @@ impl EbpfPrograms {
     }
 
     /// Reads the counters; called by the node collector, never by a request.
-    pub fn read(&mut self) -> (EbpfCounters, Vec<String>) {
+    /// `idle`: devices with nothing in flight in `/proc/diskstats`, read before this
+    /// call (the node collector's own read of it): completions the programs never saw
+    /// are counted on them.
+    pub fn read(&mut self, idle: &counters::IdleDevices) -> (EbpfCounters, Vec<String>) {
         let mut errors = Vec::new();
         if let Some(logger) = &mut self.logger {
             logger.flush();
@@ -323,7 +326,7 @@ impl EbpfPrograms {
         });
         let block = self.block.as_mut().and_then(|source| {
             source
-                .read()
+                .read(idle)
                 .map_err(|error| errors.push(format!("BLOCK map: {error}")))
                 .ok()
         });

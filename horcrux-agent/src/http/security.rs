@@ -312,11 +312,13 @@ pub async fn guard(State(state): State<Arc<AppState>>, request: Request, next: N
 }
 
 async fn check(state: &AppState, request: Request, next: Next) -> Response {
-    let host = request
+    // `Host` as sent (`name:port`), and its name alone.
+    let raw_host = request
         .headers()
         .get(header::HOST)
         .and_then(|value| value.to_str().ok())
-        .map(host_name);
+        .map(str::to_ascii_lowercase);
+    let host = raw_host.as_deref().map(host_name);
     match &host {
         Some(name) if state.allowed_hosts.contains(name) => {}
         // HTTP/1.0 without Host: nothing to rebind.
@@ -369,15 +371,7 @@ async fn check(state: &AppState, request: Request, next: Next) -> Response {
             .extensions()
             .get::<ConnectionTls>()
             .is_some_and(|tls| tls.0);
-        let own = host.map(|_| {
-            let raw = request
-                .headers()
-                .get(header::HOST)
-                .and_then(|value| value.to_str().ok())
-                .unwrap_or_default()
-                .to_ascii_lowercase();
-            format!("{}://{raw}", if tls { "https" } else { "http" })
-        });
+        let own = raw_host.map(|raw| format!("{}://{raw}", if tls { "https" } else { "http" }));
         let origin = origin.trim_end_matches('/').to_ascii_lowercase();
         let allowed = own.as_deref() == Some(origin.as_str())
             || state.config.server.allowed_origins.contains(&origin);
