@@ -6,7 +6,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Agent, cgroup::TestCgroup, wait_for_message};
+use common::{Agent, wait_for_message};
+use horcrux_test_support::cgroup::TestCgroup;
 use serde_json::Value;
 use tokio_tungstenite::connect_async;
 

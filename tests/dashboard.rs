@@ -12,10 +12,8 @@ use std::{
 };
 
 use base64::Engine;
-use common::{
-    Agent,
-    cgroup::{TestCgroup, skip_unless_root},
-};
+use common::Agent;
+use horcrux_test_support::cgroup::{TestCgroup, skip_unless_root};
 use serde_json::{Value, json};
 
 const CHROMIUM: &str = "/usr/bin/chromium";

@@ -3,17 +3,14 @@
 //! through BTF), and a container's own I/O and scheduling come back in its REST
 //! metrics, its `VmMetrics` WebSocket message and Prometheus histograms. The
 //! attribution itself is checked against kernel counters in
-//! `horcrux-agent/tests/ebpf_live.rs`.
+//! `tests/ebpf_live.rs`.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{
-    Agent,
-    cgroup::{TestCgroup, hierarchies},
-    wait_for_message,
-};
+use common::{Agent, wait_for_message};
+use horcrux_test_support::cgroup::{TestCgroup, hierarchies};
 use serde_json::Value;
 use tokio_tungstenite::connect_async;
 

@@ -10,10 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{
-    Agent,
-    cgroup::{TestCgroup, skip_unless_root},
-};
+use common::Agent;
+use horcrux_test_support::cgroup::{TestCgroup, skip_unless_root};
 use serde_json::Value;
 
 const PROMTOOL: &str = "/usr/bin/promtool";

@@ -14,10 +14,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{
-    Agent,
-    cgroup::{TestCgroup, hierarchies, random_id, serial},
-};
+use common::Agent;
+use horcrux_test_support::cgroup::{TestCgroup, hierarchies, random_id, serial};
 use serde_json::Value;
 
 const NOBODY: u32 = 65534;

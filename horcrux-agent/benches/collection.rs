@@ -7,8 +7,7 @@
 //! 4. As root: the container collector over 10, 100 and 1,000 Docker-like cgroups
 //!    created in this host's hierarchies: CPU per cycle and resident memory.
 
-#[path = "../../tests/common/cgroup.rs"]
-mod cgroup;
+use horcrux_test_support::cgroup;
 
 use std::{
     io::{Read, Write},

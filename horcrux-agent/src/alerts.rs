@@ -1,5 +1,5 @@
-//! Alert rules from `[[alerts]]` in the config, evaluated by the collectors after each
-//! cycle on the same metric names as [`crate::history`]. A rule fires once its
+//! Alert rules from `[[alerts]]` in the config, evaluated by [`crate::recorder`] on
+//! every published snapshot, over the series of the metric catalog. A rule fires once its
 //! condition has held for `for` seconds and resolves once it has been false for `for`
 //! seconds (at least one cycle), so a value hovering at the threshold cannot flap.
 //! Windows run on the steady clock ([`crate::clock`]): a wall-clock step neither
@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use serde::Serialize;
 
-use crate::clock::Stamp;
+use crate::{catalog::Scope, clock::Stamp};
 
 /// Resolved alerts kept for `GET /api/alerts`.
 const RESOLVED_KEPT: usize = 100;
@@ -47,6 +47,7 @@ impl Comparison {
     }
 }
 
+/// What a rule watches: the node, or the containers it matches.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RuleScope {
@@ -55,6 +56,15 @@ pub enum RuleScope {
     Container {
         pattern: Option<String>,
     },
+}
+
+impl RuleScope {
+    pub fn scope(&self) -> Scope {
+        match self {
+            Self::Node => Scope::Node,
+            Self::Container { .. } => Scope::Container,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -70,18 +80,16 @@ pub struct Rule {
     pub severity: String,
 }
 
-/// An alert's state, as listed by `GET /api/alerts` and sent over the WebSocket.
+/// An alert's state, as listed by `GET /api/alerts` and sent over the WebSocket
+/// ([`crate::messages::Message::alert`]).
 #[derive(Debug, Clone, Serialize)]
 pub struct Alert {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
     pub rule: String,
     pub severity: String,
     pub metric: &'static str,
     pub op: Comparison,
     pub threshold: f64,
-    /// `node` or `container`.
-    pub scope: &'static str,
+    pub scope: Scope,
     /// The hostname or the container id.
     pub target: String,
     pub target_name: Option<String>,
@@ -149,12 +157,12 @@ impl AlertEngine {
     /// Evaluates the rules of one scope over every target seen this cycle; targets of
     /// that scope not in `targets` are gone and their alerts resolve. Returns the
     /// `AlertTriggered`/`AlertResolved` messages to send.
-    pub fn evaluate(&mut self, node_scope: bool, targets: &[Target], at: Stamp) -> Vec<Alert> {
+    pub fn evaluate(&mut self, scope: Scope, targets: &[Target], at: Stamp) -> Vec<Alert> {
         let now = at.steady;
         let mut messages = Vec::new();
         let mut seen = HashSet::new();
         for (index, rule) in self.rules.iter().enumerate() {
-            if matches!(rule.scope, RuleScope::Node) != node_scope {
+            if rule.scope.scope() != scope {
                 continue;
             }
             for target in targets.iter().filter(|target| applies(rule, target)) {
@@ -188,13 +196,12 @@ impl AlertEngine {
                 tracking.changing_since = None;
                 if holds {
                     let alert = Alert {
-                        kind: "AlertTriggered",
                         rule: rule.name.clone(),
                         severity: rule.severity.clone(),
                         metric: rule.metric,
                         op: rule.op,
                         threshold: rule.threshold,
-                        scope: if node_scope { "node" } else { "container" },
+                        scope,
                         target: target.id.to_owned(),
                         target_name: target.name.map(str::to_owned),
                         value,
@@ -214,10 +221,7 @@ impl AlertEngine {
         let gone: Vec<(usize, String)> = self
             .tracking
             .keys()
-            .filter(|key| {
-                matches!(self.rules[key.0].scope, RuleScope::Node) == node_scope
-                    && !seen.contains(key)
-            })
+            .filter(|key| self.rules[key.0].scope.scope() == scope && !seen.contains(key))
             .cloned()
             .collect();
         for key in gone {
@@ -253,7 +257,6 @@ impl AlertEngine {
 }
 
 fn resolve(mut alert: Alert, value: f64, now: u64) -> Alert {
-    alert.kind = "AlertResolved";
     alert.value = value;
     alert.resolved_at = Some(now);
     alert.timestamp = now;
@@ -314,6 +317,14 @@ mod tests {
         }
     }
 
+    /// The WebSocket message type an alert is sent as.
+    fn kind(alert: &Alert) -> &'static str {
+        match crate::messages::Message::alert(alert) {
+            crate::messages::Message::AlertResolved(_) => "AlertResolved",
+            _ => "AlertTriggered",
+        }
+    }
+
     fn step(engine: &mut AlertEngine, now: u64, value: f64) -> Vec<&'static str> {
         let values = [("cpu_usage", value)];
         let targets = [Target {
@@ -323,9 +334,9 @@ mod tests {
             values: &values,
         }];
         engine
-            .evaluate(true, &targets, steady(now))
+            .evaluate(Scope::Node, &targets, steady(now))
             .into_iter()
-            .map(|alert| alert.kind)
+            .map(|alert| kind(&alert))
             .collect()
     }
 
@@ -372,8 +383,8 @@ mod tests {
                 values: &values,
                 name: None,
             }];
-            for alert in engine.evaluate(true, &targets, Stamp { unix, steady }) {
-                kinds.push((cycle, alert.kind, alert.since));
+            for alert in engine.evaluate(Scope::Node, &targets, Stamp { unix, steady }) {
+                kinds.push((cycle, kind(&alert), alert.since));
             }
         }
         // Fires after 30 steady seconds (cycle 3), resolves 30 s after the value
@@ -430,17 +441,17 @@ mod tests {
                 values: &values,
             },
         ];
-        let fired = engine.evaluate(false, &targets, steady(1));
+        let fired = engine.evaluate(Scope::Container, &targets, steady(1));
         assert_eq!(fired.len(), 1);
         assert_eq!(
             (fired[0].target.as_str(), fired[0].target_name.as_deref()),
             ("aaa", Some("web-1"))
         );
-        let resolved = engine.evaluate(false, &targets[1..], steady(2));
+        let resolved = engine.evaluate(Scope::Container, &targets[1..], steady(2));
         assert_eq!(resolved.len(), 1);
-        assert_eq!(resolved[0].kind, "AlertResolved");
+        assert_eq!(kind(&resolved[0]), "AlertResolved");
         assert!(
-            engine.evaluate(true, &[], steady(3)).is_empty(),
+            engine.evaluate(Scope::Node, &[], steady(3)).is_empty(),
             "node evaluation leaves container alerts alone"
         );
     }

@@ -15,8 +15,8 @@ use toml::Spanned;
 
 use crate::{
     alerts::{Comparison, Rule, RuleScope},
+    catalog,
     collector::containers::ContainerSettings,
-    history::{CONTAINER_METRICS, NODE_METRICS, metric_name},
 };
 
 pub const DEFAULT_PATH: &str = "/etc/horcrux/horcrux.toml";
@@ -444,23 +444,19 @@ fn alert_rule(
             ));
         }
     };
-    let metrics = if scope == RuleScope::Node {
-        NODE_METRICS
-    } else {
-        CONTAINER_METRICS
-    };
-    let metric = metric_name(metrics, section.metric.get_ref()).ok_or_else(|| {
-        let valid: Vec<&str> = metrics.iter().map(|(name, _)| *name).collect();
-        invalid(
-            "alerts.metric",
-            section.metric.span(),
-            format!(
-                "{:?} is not one of {}",
-                section.metric.get_ref(),
-                valid.join(", ")
-            ),
-        )
-    })?;
+    let metric =
+        catalog::series_name(scope.scope(), section.metric.get_ref()).ok_or_else(|| {
+            let valid = catalog::series_names(scope.scope());
+            invalid(
+                "alerts.metric",
+                section.metric.span(),
+                format!(
+                    "{:?} is not one of {}",
+                    section.metric.get_ref(),
+                    valid.join(", ")
+                ),
+            )
+        })?;
     let op = Comparison::parse(section.op.get_ref()).ok_or_else(|| {
         invalid(
             "alerts.op",

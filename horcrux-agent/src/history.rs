@@ -1,136 +1,32 @@
-//! Storage: in-memory metric history, enabled by `enable_history`. The named series
-//! ([`NODE_METRICS`], [`CONTAINER_METRICS`]) are also what alert rules can watch.
+//! Storage: in-memory metric history, enabled by `enable_history`: the series of
+//! the metric catalog ([`crate::catalog`]), recorded from every published snapshot
+//! by [`crate::recorder`].
 //!
 //! Each series keeps two ring buffers: every sample for the most recent
 //! [`RAW_WINDOW_SECONDS`], and [`BUCKET_SECONDS`] buckets of min/avg/max for the rest
 //! of `history_retention`. Both are bounded by time and by entry count, so memory
 //! per series is fixed (see [`bytes_per_series`]) whatever the wall clock does:
 //! samples are placed on the steady clock ([`crate::clock`]) and shown on the wall
-//! clock as it reads when queried. Collectors record after each cycle; HTTP handlers
-//! query.
+//! clock as it reads when queried. HTTP handlers query.
 
 use std::collections::{HashMap, VecDeque};
 
 use serde::Serialize;
 
-use crate::{
-    clock::Stamp,
-    model::{ContainerMetrics, DiskKind, NodeMetrics},
-};
+use crate::{catalog::Scope, clock::Stamp};
 
 /// Full-resolution window.
 pub const RAW_WINDOW_SECONDS: u64 = 3600;
 /// Downsampled bucket width beyond the raw window.
 pub const BUCKET_SECONDS: u64 = 300;
 
-/// Node series recorded, with what they are.
-pub const NODE_METRICS: &[(&str, &str)] = &[
-    ("cpu_usage", "busy CPU %"),
-    ("memory_usage", "used memory %"),
-    ("disk_usage", "root filesystem use %"),
-    ("load_average_1m", "1-minute load average"),
-    ("load_average_5m", "5-minute load average"),
-    ("load_average_15m", "15-minute load average"),
-    (
-        "network_rx_bytes_per_second",
-        "received bytes/s, all interfaces but lo",
-    ),
-    (
-        "network_tx_bytes_per_second",
-        "transmitted bytes/s, all interfaces but lo",
-    ),
-    (
-        "disk_read_bytes_per_second",
-        "bytes/s read from whole disks",
-    ),
-    (
-        "disk_write_bytes_per_second",
-        "bytes/s written to whole disks",
-    ),
-];
-
-/// Container series recorded.
-pub const CONTAINER_METRICS: &[(&str, &str)] = &[
-    ("cpu_usage_percent", "% of one CPU"),
-    ("memory_usage_bytes", "memory charged to the cgroup"),
-    ("network_rx_bytes_per_second", "received bytes/s"),
-    ("network_tx_bytes_per_second", "transmitted bytes/s"),
-    ("block_read_bytes_per_second", "bytes/s read"),
-    ("block_write_bytes_per_second", "bytes/s written"),
-];
-
-/// The values of [`NODE_METRICS`] in a node sample (absent when not measured).
-pub fn node_values(node: &NodeMetrics) -> Vec<(&'static str, f64)> {
-    let mut values = vec![
-        ("memory_usage", node.memory_usage),
-        ("disk_usage", node.disk_usage),
-        ("load_average_1m", node.load_average_1m),
-        ("load_average_5m", node.load_average_5m),
-        ("load_average_15m", node.load_average_15m),
-    ];
-    if let Some(usage) = node.cpu.as_ref().and_then(|cpu| cpu.usage_percent) {
-        values.push(("cpu_usage", usage));
-    }
-    if let Some((rx, tx)) = node.network_rates() {
-        values.push(("network_rx_bytes_per_second", rx));
-        values.push(("network_tx_bytes_per_second", tx));
-    }
-    let disks: Vec<_> = node
-        .disks
-        .iter()
-        .flatten()
-        .filter(|disk| disk.kind == DiskKind::Disk)
-        .filter_map(|disk| disk.rates.as_ref())
-        .collect();
-    if !disks.is_empty() {
-        values.push((
-            "disk_read_bytes_per_second",
-            disks.iter().map(|r| r.read_bytes_per_second).sum(),
-        ));
-        values.push((
-            "disk_write_bytes_per_second",
-            disks.iter().map(|r| r.write_bytes_per_second).sum(),
-        ));
-    }
-    values
-}
-
-/// The values of [`CONTAINER_METRICS`] in a container sample.
-pub fn container_values(container: &ContainerMetrics) -> Vec<(&'static str, f64)> {
-    let network = container.network.as_ref();
-    let block = container.block_io.as_ref();
-    [
-        ("cpu_usage_percent", container.cpu_usage_percent),
-        (
-            "memory_usage_bytes",
-            container.memory_usage_bytes.map(|bytes| bytes as f64),
-        ),
-        (
-            "network_rx_bytes_per_second",
-            network.and_then(|n| n.rx_bytes_per_second),
-        ),
-        (
-            "network_tx_bytes_per_second",
-            network.and_then(|n| n.tx_bytes_per_second),
-        ),
-        (
-            "block_read_bytes_per_second",
-            block.and_then(|b| b.read_bytes_per_second),
-        ),
-        (
-            "block_write_bytes_per_second",
-            block.and_then(|b| b.write_bytes_per_second),
-        ),
-    ]
-    .into_iter()
-    .filter_map(|(metric, value)| Some((metric, value?)))
-    .collect()
-}
-
+/// One series: a scope's target (the node is `""`, a container its cgroup path)
+/// and a series name of the catalog.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Scope {
-    Node,
-    Container(String),
+pub struct SeriesKey {
+    pub scope: Scope,
+    pub target: String,
+    pub metric: &'static str,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -167,7 +63,7 @@ pub enum Point {
 #[derive(Debug)]
 pub struct History {
     retention: u64,
-    series: HashMap<(Scope, &'static str), Series>,
+    series: HashMap<SeriesKey, Series>,
 }
 
 /// Upper bound of one series' memory for `retention` at a sampling `interval`.
@@ -187,13 +83,13 @@ impl History {
 
     /// Records one sample taken at `steady` seconds ([`crate::clock::Stamp::steady`]);
     /// non-finite values are skipped.
-    pub fn record(&mut self, scope: Scope, metric: &'static str, steady: u64, value: f64) {
+    pub fn record(&mut self, key: SeriesKey, steady: u64, value: f64) {
         if !value.is_finite() {
             return;
         }
         let retention = self.retention;
         let raw_window = RAW_WINDOW_SECONDS.min(retention);
-        let series = self.series.entry((scope, metric)).or_default();
+        let series = self.series.entry(key).or_default();
         series.raw.push_back((steady, value));
         // Samples leaving the raw window are kept as buckets. The count cap (one
         // sample a second, the shortest interval) holds even if time misbehaves.
@@ -229,26 +125,17 @@ impl History {
         }
     }
 
-    /// Forgets the series of containers that no longer exist.
-    pub fn retain_containers(&mut self, live: &std::collections::HashSet<&str>) {
-        self.series.retain(|(scope, _), _| match scope {
-            Scope::Node => true,
-            Scope::Container(id) => live.contains(id.as_str()),
-        });
+    /// Forgets the series of a scope's targets that no longer exist.
+    pub fn retain_targets(&mut self, scope: Scope, live: &std::collections::HashSet<&str>) {
+        self.series
+            .retain(|key, _| key.scope != scope || live.contains(key.target.as_str()));
     }
 
     /// Points of the last `range` seconds before `at`, timestamped on the wall clock
     /// as it reads at `at`. With `step` at or below the data's own spacing, raw
     /// values; otherwise min/avg/max per `step`.
-    pub fn query(
-        &self,
-        scope: &Scope,
-        metric: &'static str,
-        at: Stamp,
-        range: u64,
-        step: u64,
-    ) -> Vec<Point> {
-        let Some(series) = self.series.get(&(scope.clone(), metric)) else {
+    pub fn query(&self, key: &SeriesKey, at: Stamp, range: u64, step: u64) -> Vec<Point> {
+        let Some(series) = self.series.get(key) else {
             return Vec::new();
         };
         let now = at.steady;
@@ -329,20 +216,25 @@ impl History {
     }
 }
 
-/// The valid metric name for `scope`, as `&'static str`, if `name` is one.
-pub fn metric_name(
-    metrics: &'static [(&'static str, &'static str)],
-    name: &str,
-) -> Option<&'static str> {
-    metrics
-        .iter()
-        .map(|(metric, _)| *metric)
-        .find(|metric| *metric == name)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn node(metric: &'static str) -> SeriesKey {
+        SeriesKey {
+            scope: Scope::Node,
+            target: String::new(),
+            metric,
+        }
+    }
+
+    fn container(target: &str) -> SeriesKey {
+        SeriesKey {
+            scope: Scope::Container,
+            target: target.into(),
+            metric: "cpu_usage_percent",
+        }
+    }
 
     /// An instant with no wall-clock step.
     fn steady(seconds: u64) -> Stamp {
@@ -356,9 +248,9 @@ mod tests {
     fn recent_samples_come_back_raw() {
         let mut history = History::new(86_400);
         for t in 0..10 {
-            history.record(Scope::Node, "cpu_usage", 1000 + t * 5, t as f64);
+            history.record(node("cpu_usage"), 1000 + t * 5, t as f64);
         }
-        let points = history.query(&Scope::Node, "cpu_usage", steady(1045), 20, 5);
+        let points = history.query(&node("cpu_usage"), steady(1045), 20, 5);
         assert_eq!(
             points,
             (5..10)
@@ -374,9 +266,9 @@ mod tests {
     fn coarser_steps_keep_min_avg_max() {
         let mut history = History::new(86_400);
         for (t, value) in [(0, 1.0), (5, 3.0), (10, 8.0), (15, 0.0)] {
-            history.record(Scope::Node, "cpu_usage", 600 + t, value);
+            history.record(node("cpu_usage"), 600 + t, value);
         }
-        let points = history.query(&Scope::Node, "cpu_usage", steady(615), 60, 10);
+        let points = history.query(&node("cpu_usage"), steady(615), 60, 10);
         assert_eq!(
             points,
             [
@@ -401,15 +293,14 @@ mod tests {
         let mut history = History::new(2 * 3600);
         let interval = 10;
         for t in (0..4 * 3600).step_by(interval as usize) {
-            history.record(Scope::Node, "load_average_1m", t, (t % 100) as f64);
+            history.record(node("load_average_1m"), t, (t % 100) as f64);
         }
-        let series = &history.series[&(Scope::Node, "load_average_1m")];
+        let series = &history.series[&node("load_average_1m")];
         assert!(series.raw.len() as u64 <= RAW_WINDOW_SECONDS / interval + 1);
         assert!(series.buckets.len() as u64 <= 2 * 3600 / BUCKET_SECONDS + 1);
         let now = 4 * 3600 - interval;
         let all = history.query(
-            &Scope::Node,
-            "load_average_1m",
+            &node("load_average_1m"),
             steady(now),
             2 * 3600,
             BUCKET_SECONDS,
@@ -426,8 +317,7 @@ mod tests {
         assert!(
             history
                 .query(
-                    &Scope::Node,
-                    "load_average_1m",
+                    &node("load_average_1m"),
                     steady(now),
                     10 * 3600,
                     BUCKET_SECONDS
@@ -444,9 +334,9 @@ mod tests {
         // Five hours of 1 s samples: expiry and the count caps follow the steady
         // clock, whatever the wall clock did meanwhile.
         for second in 0..5 * 3600u64 {
-            history.record(Scope::Node, "cpu_usage", 500_000 + second, 1.0);
+            history.record(node("cpu_usage"), 500_000 + second, 1.0);
         }
-        let series = &history.series[&(Scope::Node, "cpu_usage")];
+        let series = &history.series[&node("cpu_usage")];
         assert!(series.raw.len() as u64 <= RAW_WINDOW_SECONDS + 1);
         assert!(series.buckets.len() as u64 <= 2 * 3600 / BUCKET_SECONDS + 1);
         // Queried after the wall clock was stepped back a day: the last minute is
@@ -455,7 +345,7 @@ mod tests {
             unix: 500_000 + 5 * 3600 - 1 - 86_400,
             steady: 500_000 + 5 * 3600 - 1,
         };
-        let points = history.query(&Scope::Node, "cpu_usage", now, 60, 1);
+        let points = history.query(&node("cpu_usage"), now, 60, 1);
         assert_eq!(points.len(), 61);
         assert_eq!(
             points.last(),
@@ -470,19 +360,19 @@ mod tests {
     fn entry_counts_are_capped_even_when_time_stands_still() {
         let mut history = History::new(3600);
         for _ in 0..20_000 {
-            history.record(Scope::Node, "cpu_usage", 7, 1.0);
+            history.record(node("cpu_usage"), 7, 1.0);
         }
-        let series = &history.series[&(Scope::Node, "cpu_usage")];
+        let series = &history.series[&node("cpu_usage")];
         assert!(series.raw.len() as u64 <= RAW_WINDOW_SECONDS + 1);
     }
 
     #[test]
     fn containers_that_are_gone_are_forgotten() {
         let mut history = History::new(3600);
-        history.record(Scope::Container("a".into()), "cpu_usage_percent", 1, 1.0);
-        history.record(Scope::Container("b".into()), "cpu_usage_percent", 1, 1.0);
-        history.record(Scope::Node, "cpu_usage", 1, f64::NAN);
-        history.retain_containers(&["a"].into_iter().collect());
+        history.record(container("a"), 1, 1.0);
+        history.record(container("b"), 1, 1.0);
+        history.record(node("cpu_usage"), 1, f64::NAN);
+        history.retain_targets(Scope::Container, &["a"].into_iter().collect());
         assert_eq!(history.series_count(), 1);
     }
 }

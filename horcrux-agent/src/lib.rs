@@ -1,11 +1,15 @@
 //! Horcrux agent: node and container metrics from `/proc`, cgroups and eBPF, served
 //! over REST and WebSocket.
 //!
-//! Data sources: [`procfs`], [`statfs`], [`cgroup`], [`process`], [`ebpf`]. Metric
-//! model and rate cache: [`model`], [`rates`]. Collection schedule and snapshots:
-//! [`collector`]. Storage: [`history`]. HTTP surface: [`http`]. Start-up: [`run`].
+//! Data sources: [`procfs`], [`statfs`], [`cgroup`], [`process`], [`ebpf`] (its
+//! [`ebpf::sampler`] publishes the maps to every consumer). Metric model, catalog
+//! and rate cache: [`model`], [`catalog`], [`rates`]. Collection schedule and
+//! snapshots: [`collector`]. Consumers of the snapshots: [`recorder`] (into
+//! [`history`] and [`alerts`]), [`http`] (REST, WebSocket [`messages`],
+//! Prometheus). Start-up: [`run`].
 
 pub mod alerts;
+pub mod catalog;
 pub mod cgroup;
 pub mod clock;
 pub mod collector;
@@ -13,12 +17,14 @@ pub mod config;
 pub mod ebpf;
 pub mod history;
 pub mod http;
+pub mod messages;
 pub mod model;
 pub mod privileges;
 pub mod probe;
 pub mod process;
 pub mod procfs;
 pub mod rates;
+pub mod recorder;
 pub mod statfs;
 mod systemd;
 
@@ -125,15 +131,17 @@ pub async fn run(
     ));
     let collectors = http::Collectors::default();
     let ebpf_embedded = ebpf::EbpfPrograms::embedded();
+    let sampler = Arc::new(ebpf::sampler::EbpfSampler::new(
+        ebpf.unwrap_or_else(ebpf::EbpfPrograms::disabled),
+    ));
+    let ebpf_rx = sampler.subscribe();
     collector::spawn_node(
         Arc::clone(&intervals),
         NodeSources::default(),
-        ebpf,
+        Arc::clone(&sampler),
         collector::Outputs {
             snapshots: node_tx,
             ws_messages: ws_tx.clone(),
-            history: history.clone(),
-            alerts: alerts.clone(),
         },
         Arc::clone(&collectors.node),
     )?;
@@ -142,15 +150,20 @@ pub async fn run(
         config.containers,
         hierarchies.clone(),
         psi_enabled,
+        sampler,
         node_rx.clone(),
         collector::Outputs {
             snapshots: containers_tx,
             ws_messages: ws_tx.clone(),
-            history: history.clone(),
-            alerts: alerts.clone(),
         },
         Arc::clone(&collectors.containers),
     )?;
+    recorder::Recorder {
+        history: history.clone(),
+        alerts: alerts.clone(),
+        ws_messages: ws_tx.clone(),
+    }
+    .spawn(node_rx.clone(), containers_rx.clone())?;
     let allowed_hosts =
         http::security::allowed_hosts(&config.server.allowed_hosts, listener.local_addr()?);
     let max_connections = config.server.max_connections;
@@ -159,6 +172,7 @@ pub async fn run(
         intervals,
         node: node_rx,
         containers: containers_rx,
+        ebpf: ebpf_rx,
         ws_messages: ws_tx,
         ws_clients: AtomicUsize::new(0),
         started: Instant::now(),

@@ -1,24 +1,12 @@
-//! The metric model: what one node collection publishes. Serialized as the JSON of
-//! `GET /api/monitoring/node/metrics`; the first seven fields are the spec's contract,
-//! the rest is detail; containers follow the same pattern. `null` means "not measured" (first sample, source failed).
+//! The metric model: plain data, what one node and one container collection
+//! publish. Serialized as the JSON of `GET /api/monitoring/node/metrics` and
+//! `GET /api/containers/{id}/metrics`: the spec's fields first, then detail. `null`
+//! means "not measured" (first sample, source failed). The collectors fill it; the
+//! metric catalog ([`crate::catalog`]) says how every output reads it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
-use horcrux_common::{
-    BLOCK_OP_DISCARD, BLOCK_OP_FLUSH, BLOCK_OP_READ, BLOCK_OP_WRITE, LATENCY_BUCKETS,
-    LatencyHistogram, SchedCounters, device_parts, slot_bound_micros,
-};
 use serde::Serialize;
-
-use crate::{
-    cgroup::{
-        discovery::{Pod, Runtime},
-        files::DeviceIo,
-        stats::PressureCounters,
-    },
-    ebpf::counters::DeviceOpCounters,
-    procfs::netdev::NetDevStat,
-};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeMetrics {
@@ -55,26 +43,6 @@ pub struct StaleFilesystem {
     pub fs_type: String,
 }
 
-impl NodeMetrics {
-    /// Received and transmitted bytes/s over every interface but `lo` (`None` before
-    /// the second sample).
-    pub fn network_rates(&self) -> Option<(f64, f64)> {
-        let rates: Vec<&NetworkRates> = self
-            .network
-            .iter()
-            .flatten()
-            .filter(|net| net.interface != "lo")
-            .filter_map(|net| net.rates.as_ref())
-            .collect();
-        (!rates.is_empty()).then(|| {
-            (
-                rates.iter().map(|r| r.rx_bytes_per_second).sum(),
-                rates.iter().map(|r| r.tx_bytes_per_second).sum(),
-            )
-        })
-    }
-}
-
 /// One value per CPU mode (the eight that partition CPU time).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct CpuModes {
@@ -86,26 +54,6 @@ pub struct CpuModes {
     pub irq: f64,
     pub softirq: f64,
     pub steal: f64,
-}
-
-impl CpuModes {
-    pub fn from_array([user, nice, system, idle, iowait, irq, softirq, steal]: [f64; 8]) -> Self {
-        Self {
-            user,
-            nice,
-            system,
-            idle,
-            iowait,
-            irq,
-            softirq,
-            steal,
-        }
-    }
-
-    /// Busy share when the values are percentages: everything but idle and iowait.
-    pub fn busy(&self) -> f64 {
-        (100.0 - self.idle - self.iowait).clamp(0.0, 100.0)
-    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -223,49 +171,6 @@ pub struct NetworkTotals {
     pub tx_dropped_total: u64,
 }
 
-impl NetworkTotals {
-    /// In the order of [`NetworkRates`]' fields.
-    pub fn to_array(&self) -> [u64; 8] {
-        [
-            self.rx_bytes_total,
-            self.rx_packets_total,
-            self.rx_errors_total,
-            self.rx_dropped_total,
-            self.tx_bytes_total,
-            self.tx_packets_total,
-            self.tx_errors_total,
-            self.tx_dropped_total,
-        ]
-    }
-
-    pub fn add(&mut self, other: &Self) {
-        let [a, b, c, d, e, f, g, h] = other.to_array();
-        self.rx_bytes_total += a;
-        self.rx_packets_total += b;
-        self.rx_errors_total += c;
-        self.rx_dropped_total += d;
-        self.tx_bytes_total += e;
-        self.tx_packets_total += f;
-        self.tx_errors_total += g;
-        self.tx_dropped_total += h;
-    }
-}
-
-impl From<&NetDevStat> for NetworkTotals {
-    fn from(net: &NetDevStat) -> Self {
-        Self {
-            rx_bytes_total: net.rx_bytes,
-            rx_packets_total: net.rx_packets,
-            rx_errors_total: net.rx_errors,
-            rx_dropped_total: net.rx_dropped,
-            tx_bytes_total: net.tx_bytes,
-            tx_packets_total: net.tx_packets,
-            tx_errors_total: net.tx_errors,
-            tx_dropped_total: net.tx_dropped,
-        }
-    }
-}
-
 #[derive(Debug, Clone, Serialize)]
 pub struct NetworkRates {
     pub rx_bytes_per_second: f64,
@@ -290,42 +195,6 @@ pub struct FilesystemMetrics {
     pub inodes_total: u64,
     pub inodes_used: u64,
     pub inodes_free: u64,
-}
-
-/// The spec's `NodeMetrics` WebSocket message.
-#[derive(Debug, Clone, Serialize)]
-pub struct NodeMetricsMessage<'a> {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub node_id: &'a str,
-    pub cpu_usage: f64,
-    pub memory_usage: f64,
-    pub disk_usage: f64,
-    pub load_averages: [f64; 3],
-    pub timestamp: u64,
-    /// Beyond the spec: live network rates for the dashboard (`null` on the first sample).
-    pub network_rx_bytes_per_second: Option<f64>,
-    pub network_tx_bytes_per_second: Option<f64>,
-}
-
-impl<'a> From<&'a NodeMetrics> for NodeMetricsMessage<'a> {
-    fn from(node: &'a NodeMetrics) -> Self {
-        Self {
-            kind: "NodeMetrics",
-            node_id: &node.hostname,
-            cpu_usage: node.cpu_usage,
-            memory_usage: node.memory_usage,
-            disk_usage: node.disk_usage,
-            load_averages: [
-                node.load_average_1m,
-                node.load_average_5m,
-                node.load_average_15m,
-            ],
-            timestamp: node.timestamp,
-            network_rx_bytes_per_second: node.network_rates().map(|(rx, _)| rx),
-            network_tx_bytes_per_second: node.network_rates().map(|(_, tx)| tx),
-        }
-    }
 }
 
 /// One container, as `GET /api/containers/{id}/metrics` returns it: the spec's seven
@@ -372,6 +241,81 @@ pub enum ContainerState {
     Paused,
     /// The cgroup exists but holds no process.
     Empty,
+}
+
+impl ContainerState {
+    /// As serialized.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Empty => "empty",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Runtime {
+    Docker,
+    Podman,
+    Containerd,
+    Crio,
+    /// A Kubernetes container under the cgroupfs driver: the CRI runtime is not in the path.
+    Cri,
+    Lxc,
+}
+
+impl Runtime {
+    /// As serialized.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Docker => "docker",
+            Self::Podman => "podman",
+            Self::Containerd => "containerd",
+            Self::Crio => "crio",
+            Self::Cri => "cri",
+            Self::Lxc => "lxc",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QosClass {
+    Guaranteed,
+    Burstable,
+    BestEffort,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Pod {
+    pub uid: String,
+    pub qos_class: QosClass,
+}
+
+/// Pressure stall information of one resource (`cpu.pressure`, …).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Pressure {
+    pub some: PressureLine,
+    /// Absent for CPU at the system level on older kernels.
+    pub full: Option<PressureLine>,
+}
+
+/// "some avg10=0.00 avg60=0.00 avg300=0.00 total=0".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct PressureLine {
+    pub avg10: f64,
+    pub avg60: f64,
+    pub avg300: f64,
+    pub total_us: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct PressureCounters {
+    pub cpu: Option<Pressure>,
+    pub memory: Option<Pressure>,
+    pub io: Option<Pressure>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -444,30 +388,6 @@ pub struct BlockIoTotals {
     pub discards_total: u64,
 }
 
-impl BlockIoTotals {
-    pub fn add(&mut self, other: &Self) {
-        self.read_bytes_total += other.read_bytes_total;
-        self.write_bytes_total += other.write_bytes_total;
-        self.discard_bytes_total += other.discard_bytes_total;
-        self.reads_total += other.reads_total;
-        self.writes_total += other.writes_total;
-        self.discards_total += other.discards_total;
-    }
-}
-
-impl From<&DeviceIo> for BlockIoTotals {
-    fn from(io: &DeviceIo) -> Self {
-        Self {
-            read_bytes_total: io.read_bytes,
-            write_bytes_total: io.write_bytes,
-            discard_bytes_total: io.discard_bytes,
-            reads_total: io.reads,
-            writes_total: io.writes,
-            discards_total: io.discards,
-        }
-    }
-}
-
 #[derive(Debug, Clone, Serialize)]
 pub struct ContainerPids {
     pub current: u64,
@@ -486,75 +406,6 @@ pub struct ContainerNetwork {
     pub interfaces: Vec<NetworkMetrics>,
 }
 
-/// The spec's `VmMetrics` WebSocket message, for a container.
-#[derive(Debug, Clone, Serialize)]
-pub struct VmMetricsMessage<'a> {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub vm_id: &'a str,
-    pub name: Option<&'a str>,
-    pub runtime: Runtime,
-    pub cpu_usage: Option<f64>,
-    /// % of the memory limit, or of host memory when unlimited (as `docker stats`).
-    pub memory_usage: Option<f64>,
-    pub memory_usage_bytes: Option<u64>,
-    pub disk_read: Option<u64>,
-    pub disk_write: Option<u64>,
-    pub network_rx: Option<u64>,
-    pub network_tx: Option<u64>,
-    /// eBPF headline figures over the last interval (`null` without eBPF or samples).
-    pub runq_latency_p99_us: Option<u64>,
-    pub block_latency_p99_us: Option<u64>,
-    pub timestamp: u64,
-}
-
-impl<'a> VmMetricsMessage<'a> {
-    pub fn new(container: &'a ContainerMetrics, host_memory_bytes: Option<u64>) -> Self {
-        let memory_usage = container.memory_usage_bytes.and_then(|usage| {
-            let total = container
-                .memory_limit_bytes
-                .or(host_memory_bytes)
-                .filter(|total| *total > 0)?;
-            Some(usage as f64 * 100.0 / total as f64)
-        });
-        let ebpf = container.ebpf.as_ref();
-        Self {
-            kind: "VmMetrics",
-            vm_id: &container.id,
-            name: container.name.as_deref(),
-            runtime: container.runtime,
-            cpu_usage: container.cpu_usage_percent,
-            memory_usage,
-            memory_usage_bytes: container.memory_usage_bytes,
-            disk_read: container.block_read_bytes,
-            disk_write: container.block_write_bytes,
-            network_rx: container.network_rx_bytes,
-            network_tx: container.network_tx_bytes,
-            runq_latency_p99_us: ebpf
-                .and_then(|ebpf| ebpf.sched.as_ref())
-                .and_then(|sched| sched.runq_latency_p99_us),
-            block_latency_p99_us: ebpf
-                .and_then(|ebpf| ebpf.blkio.as_ref())
-                .and_then(|blkio| blkio.latency_p99_us),
-            timestamp: container.timestamp,
-        }
-    }
-}
-
-/// The spec's `VmStatusChanged` WebSocket message: a container appeared (`old_status`
-/// `null`), disappeared (`new_status` `null`) or changed state.
-#[derive(Debug, Clone, Serialize)]
-pub struct VmStatusChangedMessage {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub vm_id: String,
-    pub name: Option<String>,
-    pub runtime: Runtime,
-    pub old_status: Option<ContainerState>,
-    pub new_status: Option<ContainerState>,
-    pub timestamp: u64,
-}
-
 /// A latency histogram as JSON: cumulative buckets with Prometheus `le` semantics
 /// (an observation equal to a bound is counted in that bucket). Bounds are powers of
 /// two microseconds; observations above the last bound are in `count` only (+Inf).
@@ -571,30 +422,6 @@ pub struct Histogram {
 pub struct HistogramBucket {
     pub le: u64,
     pub count: u64,
-}
-
-impl From<&LatencyHistogram> for Histogram {
-    fn from(histogram: &LatencyHistogram) -> Self {
-        let mut cumulative = 0u64;
-        let buckets = histogram
-            .slots
-            .iter()
-            .enumerate()
-            .filter_map(|(slot, count)| {
-                cumulative = cumulative.wrapping_add(*count);
-                slot_bound_micros(slot).map(|le| HistogramBucket {
-                    le,
-                    count: cumulative,
-                })
-            })
-            .collect();
-        Self {
-            unit: "us",
-            count: histogram.count(),
-            sum: histogram.sum_ns as f64 / 1000.0,
-            buckets,
-        }
-    }
 }
 
 /// The `ebpf` object of node and container metrics; a family is `null` when its
@@ -634,23 +461,6 @@ pub struct BlkioTotals {
     pub in_flight: u64,
 }
 
-impl BlkioTotals {
-    fn add(&mut self, entry: &DeviceOpCounters) {
-        let counters = &entry.counters;
-        let ops = counters.requests();
-        let (bytes, op_count) = match entry.op {
-            BLOCK_OP_READ => (&mut self.read_bytes, &mut self.read_ops),
-            BLOCK_OP_WRITE => (&mut self.write_bytes, &mut self.write_ops),
-            BLOCK_OP_DISCARD => (&mut self.discard_bytes, &mut self.discard_ops),
-            BLOCK_OP_FLUSH => (&mut 0, &mut self.flush_ops),
-            _ => (&mut 0, &mut self.other_ops),
-        };
-        *bytes += counters.bytes;
-        *op_count += ops;
-        self.in_flight += entry.in_flight;
-    }
-}
-
 #[derive(Debug, Clone, Serialize)]
 pub struct BlkioMetrics {
     #[serde(flatten)]
@@ -671,207 +481,4 @@ pub struct BlkioDevice {
     #[serde(flatten)]
     pub totals: BlkioTotals,
     pub latency: Histogram,
-}
-
-impl BlkioMetrics {
-    /// From one cgroup's (or the node's) counters per device and operation.
-    pub fn new(
-        entries: &[DeviceOpCounters],
-        device_names: &HashMap<(u32, u32), String>,
-        latency_p99_us: Option<u64>,
-    ) -> Self {
-        let mut devices: BTreeMap<u32, (BlkioTotals, LatencyHistogram)> = BTreeMap::new();
-        for entry in entries {
-            let (totals, latency) = devices
-                .entry(entry.device)
-                .or_insert((BlkioTotals::default(), LatencyHistogram::ZERO));
-            totals.add(entry);
-            latency.add(&entry.counters.latency);
-        }
-        let (mut totals, mut latency) = (BlkioTotals::default(), LatencyHistogram::ZERO);
-        for entry in entries {
-            totals.add(entry);
-            latency.add(&entry.counters.latency);
-        }
-        Self {
-            totals,
-            latency: Histogram::from(&latency),
-            latency_p99_us,
-            devices: devices
-                .into_iter()
-                .map(|(device, (totals, latency))| {
-                    let (major, minor) = device_parts(device);
-                    BlkioDevice {
-                        device: device_names.get(&(major, minor)).cloned(),
-                        major,
-                        minor,
-                        totals,
-                        latency: Histogram::from(&latency),
-                    }
-                })
-                .collect(),
-        }
-    }
-}
-
-/// The latency histogram of a counter set summed over devices and operations.
-pub fn block_latency(entries: &[DeviceOpCounters]) -> LatencyHistogram {
-    let mut latency = LatencyHistogram::ZERO;
-    entries
-        .iter()
-        .for_each(|entry| latency.add(&entry.counters.latency));
-    latency
-}
-
-/// The 99th percentile of the observations a cumulative histogram gained since the
-/// previous call, as the upper bound of the bucket it falls in (`None` without new
-/// observations or when it is beyond the last finite bound).
-#[derive(Debug, Clone, Default)]
-pub struct IntervalP99 {
-    previous: Option<[u64; LATENCY_BUCKETS]>,
-}
-
-impl IntervalP99 {
-    pub fn observe(&mut self, histogram: &LatencyHistogram) -> Option<u64> {
-        let previous = self.previous.replace(histogram.slots)?;
-        let delta = |slot: usize| histogram.slots[slot].saturating_sub(previous[slot]);
-        let total: u64 = (0..LATENCY_BUCKETS).map(delta).sum();
-        if total == 0 {
-            return None;
-        }
-        // The smallest bucket holding at least 99% of the interval's observations.
-        let wanted = total - total / 100;
-        let mut cumulative = 0;
-        (0..LATENCY_BUCKETS).find_map(|slot| {
-            cumulative += delta(slot);
-            (cumulative >= wanted)
-                .then(|| slot_bound_micros(slot))
-                .flatten()
-        })
-    }
-}
-
-/// The interval percentiles of one node or container, kept across cycles.
-#[derive(Debug, Clone, Default)]
-pub struct EbpfIntervals {
-    runq_latency: IntervalP99,
-    block_latency: IntervalP99,
-}
-
-impl EbpfMetrics {
-    /// `sched`/`block` are `None` when that family is not attached; a cgroup that
-    /// has not been seen by an attached family passes zero counters.
-    pub fn new(
-        since: u64,
-        sched: Option<&SchedCounters>,
-        block: Option<&[DeviceOpCounters]>,
-        device_names: &HashMap<(u32, u32), String>,
-        intervals: &mut EbpfIntervals,
-    ) -> Self {
-        Self {
-            since,
-            sched: sched.map(|sched| SchedMetrics {
-                runq_latency: Histogram::from(&sched.runq_latency),
-                runq_latency_p99_us: intervals.runq_latency.observe(&sched.runq_latency),
-                voluntary_switches: sched.voluntary_switches,
-                involuntary_switches: sched.involuntary_switches,
-                oncpu_ns: sched.oncpu_ns,
-            }),
-            blkio: block.map(|entries| {
-                let p99 = intervals.block_latency.observe(&block_latency(entries));
-                BlkioMetrics::new(entries, device_names, p99)
-            }),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use horcrux_common::{BLOCK_OP_FLUSH, BlockCounters, device_number};
-
-    use super::*;
-
-    fn histogram(latencies_ns: &[u64]) -> LatencyHistogram {
-        let mut histogram = LatencyHistogram::ZERO;
-        latencies_ns.iter().for_each(|ns| histogram.observe(*ns));
-        histogram
-    }
-
-    #[test]
-    fn histogram_json_is_cumulative_with_le_bounds() {
-        // 1 µs, exactly 2 µs, 2.001 µs, and one beyond the last bound (+Inf only).
-        let json = Histogram::from(&histogram(&[1000, 2000, 2001, 100_000_000_000]));
-        assert_eq!(json.unit, "us");
-        assert_eq!(json.count, 4);
-        assert_eq!(json.buckets.len(), LATENCY_BUCKETS - 1);
-        assert_eq!(json.buckets[0], HistogramBucket { le: 1, count: 1 });
-        assert_eq!(json.buckets[1], HistogramBucket { le: 2, count: 2 });
-        assert_eq!(json.buckets[2], HistogramBucket { le: 4, count: 3 });
-        assert_eq!(json.buckets.last().map(|b| b.count), Some(3));
-        assert!((json.sum - 100_000_005.001).abs() < 1e-6);
-    }
-
-    #[test]
-    fn p99_covers_the_last_interval_only() {
-        let mut p99 = IntervalP99::default();
-        let mut cumulative = histogram(&[500; 1000]);
-        assert_eq!(
-            p99.observe(&cumulative),
-            None,
-            "no interval before the first sample"
-        );
-        assert_eq!(p99.observe(&cumulative), None, "no new samples");
-        // 100 new samples: 98 at 3 µs, 2 at 1 ms → the 99th is in the 1024 µs bucket.
-        for _ in 0..98 {
-            cumulative.observe(3000);
-        }
-        cumulative.observe(1_000_000);
-        cumulative.observe(1_000_000);
-        assert_eq!(p99.observe(&cumulative), Some(1024));
-        for _ in 0..100 {
-            cumulative.observe(3000);
-        }
-        assert_eq!(
-            p99.observe(&cumulative),
-            Some(4),
-            "the old slow samples are gone"
-        );
-    }
-
-    #[test]
-    fn block_io_is_grouped_by_disk_and_class() {
-        let entry = |device: u32, op: u32, bytes: u64, latencies: &[u64], in_flight: u64| {
-            DeviceOpCounters {
-                device,
-                op,
-                counters: BlockCounters {
-                    latency: histogram(latencies),
-                    bytes,
-                    untimed: 0,
-                },
-                in_flight,
-            }
-        };
-        let vda = device_number(254, 0);
-        let sdb = device_number(8, 16);
-        let entries = [
-            entry(vda, BLOCK_OP_READ, 8192, &[1000, 2000], 0),
-            entry(vda, BLOCK_OP_WRITE, 4096, &[5000], 2),
-            entry(sdb, BLOCK_OP_FLUSH, 0, &[100], 0),
-        ];
-        let names = HashMap::from([((254, 0), "vda".to_owned())]);
-        let metrics = BlkioMetrics::new(&entries, &names, None);
-        assert_eq!(metrics.totals.read_bytes, 8192);
-        assert_eq!(metrics.totals.read_ops, 2);
-        assert_eq!(metrics.totals.write_ops, 1);
-        assert_eq!(metrics.totals.flush_ops, 1);
-        assert_eq!(metrics.totals.in_flight, 2);
-        assert_eq!(metrics.latency.count, 4);
-        assert_eq!(metrics.devices.len(), 2);
-        let sdb = &metrics.devices[0];
-        assert_eq!((sdb.major, sdb.minor, sdb.device.as_deref()), (8, 16, None));
-        let vda = &metrics.devices[1];
-        assert_eq!(vda.device.as_deref(), Some("vda"));
-        assert_eq!((vda.totals.read_ops, vda.latency.count), (2, 3));
-    }
 }

@@ -10,7 +10,8 @@ use std::{
 };
 
 use crate::{
-    cgroup::discovery::{DiscoveredContainer, Runtime},
+    cgroup::discovery::DiscoveredContainer,
+    model::Runtime,
     probe::{Probe, Prober},
 };
 

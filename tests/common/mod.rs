@@ -2,8 +2,6 @@
 // Each test binary includes this module and uses a different subset of it.
 #![allow(dead_code)]
 
-pub mod cgroup;
-
 use std::{
     io::Write,
     net::{SocketAddr, TcpListener},
@@ -45,17 +43,22 @@ pub struct Agent {
 impl Agent {
     /// Starts the agent with `config` as its config file and a 1 s node interval.
     pub fn start(config: &str) -> Agent {
-        Self::spawn(config, None, &[])
+        Self::spawn(config, None, &[], 1)
+    }
+
+    /// The same with another node interval (seconds).
+    pub fn start_with_node_interval(config: &str, seconds: u64) -> Agent {
+        Self::spawn(config, None, &[], seconds)
     }
 
     /// The same as user `nobody` (65534): what an agent without root gets.
     pub fn start_unprivileged(config: &str) -> Agent {
-        Self::spawn(config, Some(65534), &[])
+        Self::spawn(config, Some(65534), &[], 1)
     }
 
     /// The same, with extra environment variables.
     pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Agent {
-        Self::spawn(config, None, env)
+        Self::spawn(config, None, env, 1)
     }
 
     pub fn pid(&self) -> u32 {
@@ -77,7 +80,7 @@ impl Agent {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    fn spawn(config: &str, user: Option<u32>, env: &[(&str, &str)]) -> Agent {
+    fn spawn(config: &str, user: Option<u32>, env: &[(&str, &str)], node_interval: u64) -> Agent {
         use std::os::unix::{fs::PermissionsExt, process::CommandExt};
         let mut file = tempfile::NamedTempFile::new().expect("temp config");
         file.write_all(config.as_bytes()).expect("write config");
@@ -96,7 +99,7 @@ impl Agent {
                 "--listen",
                 &addr.to_string(),
                 "--node-metrics-interval",
-                "1",
+                &node_interval.to_string(),
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

@@ -21,39 +21,13 @@
 
 use std::{collections::HashSet, path::Path};
 
-use serde::Serialize;
+use crate::model::{Pod, QosClass, Runtime};
 
 /// Deepest cgroup the walk visits (rootless Podman sits about 6 levels down).
 const MAX_DEPTH: usize = 12;
 /// Directories visited per walk at most: a user can create any number in a
 /// delegated subtree, and the walk must stay bounded.
 pub const MAX_WALKED: usize = 200_000;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Runtime {
-    Docker,
-    Podman,
-    Containerd,
-    Crio,
-    /// A Kubernetes container under the cgroupfs driver: the CRI runtime is not in the path.
-    Cri,
-    Lxc,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum QosClass {
-    Guaranteed,
-    Burstable,
-    BestEffort,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Pod {
-    pub uid: String,
-    pub qos_class: QosClass,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiscoveredContainer {

@@ -1,6 +1,7 @@
 //! Parsers for the cgroup file formats (Documentation/admin-guide/cgroup-v2.rst
 //! "Interface Files", and the v1 controller documents). Pure functions over text.
 
+use crate::model::{Pressure, PressureLine};
 use crate::procfs::{ParseError, parse_u64};
 
 /// v1 reports "no limit" as a huge page-aligned number (LONG_MAX rounded down to a page).
@@ -166,22 +167,6 @@ pub fn blkio_v1(text: &str) -> Result<Vec<(u32, u32, [u64; 3])>, ParseError> {
         }
     }
     Ok(devices)
-}
-
-/// Pressure stall information: "some avg10=0.00 avg60=0.00 avg300=0.00 total=0".
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
-pub struct PressureLine {
-    pub avg10: f64,
-    pub avg60: f64,
-    pub avg300: f64,
-    pub total_us: u64,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
-pub struct Pressure {
-    pub some: PressureLine,
-    /// Absent for CPU at the system level on older kernels.
-    pub full: Option<PressureLine>,
 }
 
 pub fn pressure(text: &str) -> Result<Pressure, ParseError> {

@@ -30,6 +30,18 @@ pub enum CgroupMode {
     None,
 }
 
+impl CgroupMode {
+    /// As serialized.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::V2 => "v2",
+            Self::V1 => "v1",
+            Self::Hybrid => "hybrid",
+            Self::None => "none",
+        }
+    }
+}
+
 const V1_CONTROLLERS: &[&str] = &[
     "cpu",
     "cpuacct",

@@ -8,7 +8,10 @@ use std::{
 };
 
 use super::{Hierarchies, Hierarchy, files};
-use crate::procfs::{ParseError, SourceError, TextReader};
+use crate::{
+    model::PressureCounters,
+    procfs::{ParseError, SourceError, TextReader},
+};
 
 /// Why v1 block I/O is not reported for a cgroup without a throttle rule.
 pub const V1_BLKIO_WITHOUT_RULE: &str = "cgroup v1 blkio counts I/O only for cgroups with a blk-throttle rule \
@@ -68,13 +71,6 @@ pub struct BlockIoCounters {
 pub struct PidsCounters {
     pub current: u64,
     pub limit: Option<u64>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
-pub struct PressureCounters {
-    pub cpu: Option<files::Pressure>,
-    pub memory: Option<files::Pressure>,
-    pub io: Option<files::Pressure>,
 }
 
 /// Everything read for one container in one cycle.

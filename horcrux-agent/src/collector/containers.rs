@@ -14,17 +14,22 @@ use serde::Serialize;
 
 use crate::{
     cgroup::{
-        discovery::{self, DiscoveredContainer, Runtime},
+        discovery::{self, DiscoveredContainer},
         files::DeviceIo,
         inodes::nearest_ancestor,
         stats::{BlockIoCounters, CgroupReader, ContainerCounters},
     },
-    collector::health::CollectorHealth,
+    collector::{
+        ebpf::{EbpfIntervals, ebpf_metrics},
+        health::CollectorHealth,
+        network_totals,
+    },
     ebpf::counters::{DeviceOpCounters, EbpfCounters},
+    messages::VmStatusChanged,
     model::{
         BlockIoTotals, ContainerBlockIo, ContainerCpu, ContainerDeviceIo, ContainerMemory,
         ContainerMetrics, ContainerNetwork, ContainerPids, ContainerState, ContainerThrottling,
-        EbpfIntervals, EbpfMetrics, NetworkMetrics, NetworkTotals, VmStatusChangedMessage,
+        NetworkMetrics, NetworkTotals, Runtime,
     },
     process::{self, RuntimeNames},
     procfs::{TextReader, diskstats, netdev},
@@ -112,7 +117,7 @@ struct ContainerEbpf {
 /// One cycle's result.
 pub struct ContainerCycle {
     pub containers: Vec<ContainerMetrics>,
-    pub changes: Vec<VmStatusChangedMessage>,
+    pub changes: Vec<VmStatusChanged>,
     pub discovery: DiscoveryReport,
 }
 
@@ -208,7 +213,7 @@ impl ContainerCollector {
                     .ebpf_intervals
                     .get_mut(&container.relative_path)
                     .unwrap_or(&mut unused);
-                Box::new(EbpfMetrics::new(
+                Box::new(ebpf_metrics(
                     ebpf.since,
                     ebpf_share.sched.as_ref(),
                     ebpf_share.block.as_deref(),
@@ -225,6 +230,8 @@ impl ContainerCollector {
                 timestamp,
             ));
         }
+        // A stable order for every output, whatever order the directories were read in.
+        containers.sort_unstable_by(|a, b| a.cgroup.cmp(&b.cgroup));
         let changes = self.state_changes(&containers, timestamp);
         report.containers = containers.len();
         ContainerCycle {
@@ -259,7 +266,7 @@ impl ContainerCollector {
         container: DiscoveredContainer,
         counters: ContainerCounters,
         network: Result<ContainerNetwork, String>,
-        ebpf: Option<Box<EbpfMetrics>>,
+        ebpf: Option<Box<crate::model::EbpfMetrics>>,
         device_names: &HashMap<(u32, u32), String>,
         timestamp: u64,
     ) -> ContainerMetrics {
@@ -320,13 +327,22 @@ impl ContainerCollector {
                     device: device_names.get(&(io.major, io.minor)).cloned(),
                     major: io.major,
                     minor: io.minor,
-                    counters: BlockIoTotals::from(io),
+                    counters: block_io_totals(io),
                 })
                 .collect();
-            let mut totals = BlockIoTotals::default();
-            devices
+            let totals = devices
                 .iter()
-                .for_each(|device| totals.add(&device.counters));
+                .fold(BlockIoTotals::default(), |sum, device| {
+                    let d = &device.counters;
+                    BlockIoTotals {
+                        read_bytes_total: sum.read_bytes_total + d.read_bytes_total,
+                        write_bytes_total: sum.write_bytes_total + d.write_bytes_total,
+                        discard_bytes_total: sum.discard_bytes_total + d.discard_bytes_total,
+                        reads_total: sum.reads_total + d.reads_total,
+                        writes_total: sum.writes_total + d.writes_total,
+                        discards_total: sum.discards_total + d.discards_total,
+                    }
+                });
             let rates = self
                 .block_bytes
                 .observe(
@@ -430,14 +446,26 @@ impl ContainerCollector {
             .iter()
             .map(|net| NetworkMetrics {
                 interface: net.interface.clone(),
-                counters: NetworkTotals::from(net),
+                counters: network_totals(net),
                 rates: None,
             })
             .collect();
-        let mut totals = NetworkTotals::default();
-        for net in interfaces.iter().filter(|net| net.interface != "lo") {
-            totals.add(&net.counters);
-        }
+        let totals = interfaces.iter().filter(|net| net.interface != "lo").fold(
+            NetworkTotals::default(),
+            |sum, net| {
+                let n = &net.counters;
+                NetworkTotals {
+                    rx_bytes_total: sum.rx_bytes_total + n.rx_bytes_total,
+                    rx_packets_total: sum.rx_packets_total + n.rx_packets_total,
+                    rx_errors_total: sum.rx_errors_total + n.rx_errors_total,
+                    rx_dropped_total: sum.rx_dropped_total + n.rx_dropped_total,
+                    tx_bytes_total: sum.tx_bytes_total + n.tx_bytes_total,
+                    tx_packets_total: sum.tx_packets_total + n.tx_packets_total,
+                    tx_errors_total: sum.tx_errors_total + n.tx_errors_total,
+                    tx_dropped_total: sum.tx_dropped_total + n.tx_dropped_total,
+                }
+            },
+        );
         let rates = self
             .network_bytes
             .observe(
@@ -474,7 +502,7 @@ impl ContainerCollector {
         &mut self,
         containers: &[ContainerMetrics],
         timestamp: u64,
-    ) -> Vec<VmStatusChangedMessage> {
+    ) -> Vec<VmStatusChanged> {
         let mut changes = Vec::new();
         let mut current = HashMap::with_capacity(containers.len());
         for container in containers {
@@ -483,8 +511,7 @@ impl ContainerCollector {
                 .remove(&container.cgroup)
                 .map(|(state, ..)| state);
             if old != Some(container.state) {
-                changes.push(VmStatusChangedMessage {
-                    kind: "VmStatusChanged",
+                changes.push(VmStatusChanged {
                     vm_id: container.id.clone(),
                     name: container.name.clone(),
                     runtime: container.runtime,
@@ -505,8 +532,7 @@ impl ContainerCollector {
         }
         // Whatever is left was not seen this cycle: gone.
         for (_, (state, id, name, runtime)) in self.states.drain() {
-            changes.push(VmStatusChangedMessage {
-                kind: "VmStatusChanged",
+            changes.push(VmStatusChanged {
                 vm_id: id,
                 name,
                 runtime,
@@ -615,6 +641,17 @@ fn ebpf_per_container(
 }
 
 /// Per-device block I/O in the cgroup readers' shape, from eBPF request counters.
+fn block_io_totals(io: &DeviceIo) -> BlockIoTotals {
+    BlockIoTotals {
+        read_bytes_total: io.read_bytes,
+        write_bytes_total: io.write_bytes,
+        discard_bytes_total: io.discard_bytes,
+        reads_total: io.reads,
+        writes_total: io.writes,
+        discards_total: io.discards,
+    }
+}
+
 fn block_io_from_ebpf(entries: &[DeviceOpCounters]) -> BlockIoCounters {
     let mut devices: BTreeMap<u32, DeviceIo> = BTreeMap::new();
     for entry in entries {

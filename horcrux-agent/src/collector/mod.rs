@@ -1,19 +1,24 @@
 //! Collection schedule. Two threads, each on its own interval:
-//! - node (every `node_metrics_interval`): `/proc`, filesystems and the eBPF counters;
-//! - containers (every `vm_metrics_interval`): cgroup discovery and per-container counters.
+//! - node (every `node_metrics_interval`): `/proc`, filesystems, eBPF node totals;
+//! - containers (every `vm_metrics_interval`): cgroup discovery and per-container
+//!   counters, eBPF per-cgroup counters.
 //!
-//! Each cycle publishes an immutable snapshot (tokio `watch`, read by HTTP handlers)
-//! and pre-serialized WebSocket messages (tokio `broadcast`, fanned out to clients).
-//! Readers never trigger collection and cannot slow it down.
+//! Each samples the eBPF maps itself at the start of its cycle
+//! ([`crate::ebpf::sampler`]), so its interval figures cover its own interval.
+//! Each cycle publishes an immutable snapshot (tokio `watch`, read by HTTP handlers
+//! and by [`crate::recorder`] for history and alerts) and pre-serialized WebSocket
+//! messages (tokio `broadcast`, fanned out to clients). Readers never trigger
+//! collection and cannot slow it down.
 
 pub mod containers;
+pub mod ebpf;
 pub mod health;
 pub mod node;
 pub mod supervisor;
 
 use std::{
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -23,21 +28,15 @@ use axum::extract::ws::Utf8Bytes;
 use tokio::sync::{broadcast, watch};
 
 use crate::{
-    alerts::{AlertEngine, Target},
     cgroup::Hierarchies,
     cgroup::stats::CgroupReader,
     clock::{self, Stamp},
-    ebpf::{
-        EbpfPrograms, EbpfStatus,
-        counters::{EbpfCounters, idle_devices},
-    },
-    history::{self, History, Scope},
-    model::{
-        ContainerMetrics, EbpfIntervals, EbpfMetrics, NodeMetrics, NodeMetricsMessage,
-        VmMetricsMessage,
-    },
+    ebpf::{counters::EbpfCounters, sampler::EbpfSampler},
+    messages::{Message, NodeMetricsMessage, VmMetricsMessage, json_text},
+    model::{ContainerMetrics, EbpfMetrics, NodeMetrics},
 };
 use containers::{ContainerCollector, ContainerSettings, DiscoveryReport};
+use ebpf::{EbpfIntervals, ebpf_metrics};
 use health::CollectorHealth;
 use node::{NodeCollector, NodeSources};
 use supervisor::CollectorStatus;
@@ -48,12 +47,10 @@ pub struct NodeSnapshot {
     pub node: NodeMetrics,
     /// `node` serialized once here rather than on every request.
     pub node_json: bytes::Bytes,
-    /// The spec's `NodeMetrics` WebSocket message for `node`.
+    /// The spec's `NodeMetrics` WebSocket message for `node`, sent to new clients.
     pub node_message: Utf8Bytes,
     pub health: CollectorHealth,
-    pub ebpf_status: EbpfStatus,
-    /// Per-cgroup eBPF counters, for the container collector.
-    pub ebpf: Arc<EbpfCounters>,
+    pub at: Stamp,
 }
 
 /// What one container cycle publishes.
@@ -63,7 +60,7 @@ pub struct ContainerSnapshot {
     /// What discovery accepted, refused and capped this cycle.
     pub discovery: DiscoveryReport,
     pub health: CollectorHealth,
-    pub timestamp: u64,
+    pub at: Stamp,
 }
 
 pub type Latest<T> = watch::Receiver<Option<Arc<T>>>;
@@ -72,9 +69,6 @@ pub type Latest<T> = watch::Receiver<Option<Arc<T>>>;
 pub struct Outputs<T> {
     pub snapshots: watch::Sender<Option<Arc<T>>>,
     pub ws_messages: broadcast::Sender<Utf8Bytes>,
-    /// Present when `enable_history` is on.
-    pub history: Option<Arc<Mutex<History>>>,
-    pub alerts: Arc<Mutex<AlertEngine>>,
 }
 
 impl<T> Outputs<T> {
@@ -84,38 +78,6 @@ impl<T> Outputs<T> {
             // No subscribers is normal (no WebSocket client connected).
             let _ = self.ws_messages.send(message);
         }
-    }
-
-    /// Records series in history (when enabled) and evaluates the alert rules of one
-    /// scope on them; returns the alert messages to send.
-    fn record(&self, scope_is_node: bool, targets: &[Target], at: Stamp) -> Vec<Utf8Bytes> {
-        if let Some(history) = &self.history {
-            let mut history = history
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            for target in targets {
-                let scope = if scope_is_node {
-                    Scope::Node
-                } else {
-                    Scope::Container(target.key.to_owned())
-                };
-                for &(metric, value) in target.values {
-                    history.record(scope.clone(), metric, at.steady, value);
-                }
-            }
-            if !scope_is_node {
-                history.retain_containers(&targets.iter().map(|target| target.key).collect());
-            }
-        }
-        let mut alerts = self
-            .alerts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        alerts
-            .evaluate(scope_is_node, targets, at)
-            .iter()
-            .map(to_json)
-            .collect()
     }
 }
 
@@ -135,18 +97,17 @@ impl Intervals {
     }
 }
 
-/// Runs the node collector (and the eBPF programs) on its own supervised thread.
-/// The eBPF programs were loaded before any thread started ([`crate::prepare`]); they
-/// stay attached across restarts of this collector.
+/// Runs the node collector on its own supervised thread. The eBPF programs were
+/// loaded before any thread started ([`crate::prepare`]); they stay attached
+/// across restarts of the collectors.
 pub fn spawn_node(
     intervals: Arc<Intervals>,
     sources: NodeSources,
-    ebpf: Option<EbpfPrograms>,
+    ebpf: Arc<EbpfSampler>,
     outputs: Outputs<NodeSnapshot>,
     status: Arc<CollectorStatus>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let supervised = Arc::clone(&status);
-    let mut ebpf = ebpf.unwrap_or_else(EbpfPrograms::disabled);
     supervisor::spawn("node", supervised, move || {
         let mut collector = NodeCollector::new(sources.clone());
         let mut ebpf_intervals = EbpfIntervals::default();
@@ -156,54 +117,53 @@ pub fn spawn_node(
             || {
                 let (started, cpu_before, at) = (Instant::now(), thread_cpu_time(), clock::now());
                 status.maybe_inject_panic("node", collector.health.cycles);
+                let counters = sample_ebpf(&ebpf, &mut collector.health, "node", at.unix);
                 let mut node = collector.collect(hostname(), at.unix);
-                // The cycle's `/proc/diskstats`, read before the eBPF maps.
-                let idle = idle_devices(
-                    node.disks
-                        .iter()
-                        .flatten()
-                        .map(|disk| (disk.major, disk.minor, disk.in_flight)),
-                );
-                let (counters, errors) = ebpf.read(&idle);
-                for error in errors {
-                    collector
-                        .health
-                        .record_error("node", "ebpf maps", error, at.unix);
-                }
-                node.ebpf = node_ebpf(&node, &counters, &mut ebpf_intervals);
+                node.ebpf =
+                    counters.and_then(|counters| node_ebpf(&node, &counters, &mut ebpf_intervals));
                 collector
                     .health
                     .record_cycle(started.elapsed(), cpu_since(cpu_before), at.unix);
-                let values = history::node_values(&node);
-                let target = Target {
-                    key: &node.hostname,
-                    id: &node.hostname,
-                    name: None,
-                    values: &values,
-                };
-                let alerts = outputs.record(true, &[target], at);
-                let node_message = to_json(&NodeMetricsMessage::from(&node));
+                let message = Message::NodeMetrics(NodeMetricsMessage::from(&node)).to_text();
                 let snapshot = NodeSnapshot {
                     node_json: json_text(&node).into(),
-                    node_message: node_message.clone(),
+                    node_message: message.clone(),
                     node,
                     health: collector.health.clone(),
-                    ebpf_status: ebpf.status(),
-                    ebpf: Arc::new(counters),
+                    at,
                 };
-                outputs.publish(snapshot, std::iter::once(node_message).chain(alerts));
+                outputs.publish(snapshot, [message]);
                 status.succeeded(at.unix);
             },
         );
     })
 }
 
+/// Reads the eBPF maps for one cycle (`None` when no program is attached); read
+/// errors go to the collector's health.
+fn sample_ebpf(
+    ebpf: &EbpfSampler,
+    health: &mut CollectorHealth,
+    collector: &str,
+    timestamp: u64,
+) -> Option<Arc<crate::ebpf::sampler::EbpfSnapshot>> {
+    if !ebpf.attached() {
+        return None;
+    }
+    let sample = ebpf.sample();
+    for error in sample.errors {
+        health.record_error(collector, "ebpf maps", error, timestamp);
+    }
+    Some(sample.snapshot)
+}
+
 /// The node's eBPF totals (`None` when no family is attached).
 fn node_ebpf(
     node: &NodeMetrics,
-    counters: &EbpfCounters,
+    ebpf: &crate::ebpf::sampler::EbpfSnapshot,
     intervals: &mut EbpfIntervals,
 ) -> Option<EbpfMetrics> {
+    let counters: &EbpfCounters = &ebpf.counters;
     if counters.sched.is_none() && counters.block.is_none() {
         return None;
     }
@@ -213,7 +173,7 @@ fn node_ebpf(
         .flatten()
         .map(|disk| ((disk.major, disk.minor), disk.device.clone()))
         .collect();
-    Some(EbpfMetrics::new(
+    Some(ebpf_metrics(
         counters.since,
         counters.sched.as_ref().map(|sched| &sched.total),
         counters.block.as_ref().map(|block| block.total.as_slice()),
@@ -222,16 +182,16 @@ fn node_ebpf(
     ))
 }
 
-/// Runs the container collector on its own supervised thread. `node` supplies the
-/// eBPF counters and host memory, the denominator of `VmMetrics.memory_usage` for
-/// containers without a limit; the first cycle waits for the first node snapshot,
-/// so that no container figure is published before the eBPF programs are attached
-/// (or have failed).
+/// Runs the container collector on its own supervised thread. `node` supplies host
+/// memory, the denominator of `VmMetrics.memory_usage` for containers without a
+/// limit: the first cycle waits for the first node snapshot.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn_containers(
     intervals: Arc<Intervals>,
     settings: ContainerSettings,
     hierarchies: Hierarchies,
     psi_enabled: bool,
+    ebpf: Arc<EbpfSampler>,
     node: Latest<NodeSnapshot>,
     outputs: Outputs<ContainerSnapshot>,
     status: Arc<CollectorStatus>,
@@ -252,9 +212,8 @@ pub fn spawn_containers(
             || {
                 let (started, cpu_before, at) = (Instant::now(), thread_cpu_time(), clock::now());
                 status.maybe_inject_panic("containers", collector.health.cycles);
-                let ebpf = node.borrow().as_ref().map(|snapshot| snapshot.ebpf.clone());
-                let ebpf = ebpf.filter(|ebpf| ebpf.sched.is_some() || ebpf.block.is_some());
-                let cycle = collector.collect(at.unix, ebpf.as_deref());
+                let counters = sample_ebpf(&ebpf, &mut collector.health, "containers", at.unix);
+                let cycle = collector.collect(at.unix, counters.as_deref().map(|e| &e.counters));
                 collector
                     .health
                     .record_cycle(started.elapsed(), cpu_since(cpu_before), at.unix);
@@ -265,40 +224,19 @@ pub fn spawn_containers(
                         .as_ref()
                         .map(|memory| memory.total_bytes)
                 });
-                let values: Vec<_> = cycle
-                    .containers
-                    .iter()
-                    .map(history::container_values)
-                    .collect();
-                let targets: Vec<Target> = cycle
-                    .containers
-                    .iter()
-                    .zip(&values)
-                    .map(|(container, values)| Target {
-                        key: &container.cgroup,
-                        id: &container.id,
-                        name: container.name.as_deref(),
-                        values,
-                    })
-                    .collect();
-                let alerts = outputs.record(false, &targets, at);
                 let messages: Vec<Utf8Bytes> = cycle
                     .changes
                     .iter()
-                    .map(to_json)
-                    .chain(
-                        cycle
-                            .containers
-                            .iter()
-                            .map(|c| to_json(&VmMetricsMessage::new(c, host_memory))),
-                    )
-                    .chain(alerts)
+                    .map(|change| Message::VmStatusChanged(change).to_text())
+                    .chain(cycle.containers.iter().map(|container| {
+                        Message::VmMetrics(VmMetricsMessage::new(container, host_memory)).to_text()
+                    }))
                     .collect();
                 let snapshot = ContainerSnapshot {
                     containers: cycle.containers,
                     discovery: cycle.discovery,
                     health: collector.health.clone(),
-                    timestamp: at.unix,
+                    at,
                 };
                 outputs.publish(snapshot, messages);
                 status.succeeded(at.unix);
@@ -334,17 +272,18 @@ pub fn release_freed_heap() {
     }
 }
 
-/// Serialization cannot fail for the model's types (string keys; serde_json writes
-/// non-finite floats as `null`), but a failure would be logged, not a panic.
-fn json_text(value: &impl serde::Serialize) -> String {
-    serde_json::to_string(value).unwrap_or_else(|error| {
-        tracing::error!("serializing a snapshot failed: {error}");
-        "null".into()
-    })
-}
-
-fn to_json(value: &impl serde::Serialize) -> Utf8Bytes {
-    json_text(value).into()
+/// An interface's counters as `/proc/net/dev` has them.
+pub fn network_totals(net: &crate::procfs::netdev::NetDevStat) -> crate::model::NetworkTotals {
+    crate::model::NetworkTotals {
+        rx_bytes_total: net.rx_bytes,
+        rx_packets_total: net.rx_packets,
+        rx_errors_total: net.rx_errors,
+        rx_dropped_total: net.rx_dropped,
+        tx_bytes_total: net.tx_bytes,
+        tx_packets_total: net.tx_packets,
+        tx_errors_total: net.tx_errors,
+        tx_dropped_total: net.tx_dropped,
+    }
 }
 
 pub fn hostname() -> String {

@@ -11,8 +11,8 @@ use crate::{
     collector::health::CollectorHealth,
     model::{
         CpuMetrics, CpuModes, DiskKind, DiskMetrics, DiskRates, FilesystemMetrics, LoadMetrics,
-        MemoryMetrics, NetworkMetrics, NetworkRates, NetworkTotals, NodeMetrics, PerCpuMetrics,
-        ProcessMetrics, StaleFilesystem,
+        MemoryMetrics, NetworkMetrics, NetworkRates, NodeMetrics, PerCpuMetrics, ProcessMetrics,
+        StaleFilesystem,
     },
     probe::{Probe, Prober},
     procfs::{
@@ -267,7 +267,7 @@ impl NodeCollector {
     }
 
     fn seconds(&self, times: &CpuTimes) -> CpuModes {
-        CpuModes::from_array(
+        cpu_modes(
             times
                 .modes()
                 .map(|ticks| ticks as f64 / self.ticks_per_second),
@@ -346,10 +346,22 @@ impl NodeCollector {
         interfaces
             .into_iter()
             .map(|net| {
-                let counters = NetworkTotals::from(&net);
+                let counters = super::network_totals(&net);
                 let rates = self
                     .network_counters
-                    .observe(net.interface.clone(), counters.to_array())
+                    .observe(
+                        net.interface.clone(),
+                        [
+                            net.rx_bytes,
+                            net.rx_packets,
+                            net.rx_errors,
+                            net.rx_dropped,
+                            net.tx_bytes,
+                            net.tx_packets,
+                            net.tx_errors,
+                            net.tx_dropped,
+                        ],
+                    )
                     .as_ref()
                     .map(Deltas::per_second)
                     .map(
@@ -419,12 +431,28 @@ fn split_usage(deltas: Option<Deltas<8>>) -> (Option<f64>, Option<CpuModes>) {
     if total == 0 {
         return (None, None);
     }
-    let modes = CpuModes::from_array(
+    let modes = cpu_modes(
         deltas
             .values
             .map(|ticks| ticks as f64 * 100.0 / total as f64),
     );
-    (Some(modes.busy()), Some(modes))
+    // Busy: everything but idle and iowait.
+    let busy = (100.0 - modes.idle - modes.iowait).clamp(0.0, 100.0);
+    (Some(busy), Some(modes))
+}
+
+/// [`CpuTimes::modes`] order: user, nice, system, idle, iowait, irq, softirq, steal.
+fn cpu_modes([user, nice, system, idle, iowait, irq, softirq, steal]: [f64; 8]) -> CpuModes {
+    CpuModes {
+        user,
+        nice,
+        system,
+        idle,
+        iowait,
+        irq,
+        softirq,
+        steal,
+    }
 }
 
 fn memory_metrics(info: &meminfo::MemInfo) -> MemoryMetrics {

@@ -35,7 +35,7 @@ pub struct CollectorStatus {
     injected: std::sync::atomic::AtomicBool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct StatusView {
     pub panics: u64,
     pub last_panic: Option<String>,

@@ -10,6 +10,7 @@
 
 pub mod counters;
 pub mod layout;
+pub mod sampler;
 
 use std::{error::Error, path::PathBuf};
 

@@ -1,6 +1,10 @@
 //! REST handlers.
 
-use std::sync::{Arc, atomic::Ordering};
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{Arc, atomic::Ordering},
+};
 
 use axum::{
     Json,
@@ -8,10 +12,20 @@ use axum::{
     http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
+use serde::Serialize;
 use serde_json::json;
 
 use super::{ApiError, AppState};
-use crate::{clock, collector, ebpf::ProgramState};
+use crate::{
+    cgroup::CgroupMode,
+    clock,
+    collector::{
+        self, containers::DiscoveryReport, health::CollectorHealth, supervisor::StatusView,
+    },
+    ebpf::{EbpfStatus, ProgramState},
+    messages::Message,
+    model::StaleFilesystem,
+};
 
 /// `GET /api/monitoring/node/metrics`: the latest node snapshot, pre-serialized.
 pub async fn node_metrics(State(state): State<Arc<AppState>>) -> Response {
@@ -38,85 +52,165 @@ const EBPF_NOTES: &[&str] = &[
 ];
 
 /// `GET /api/status`: agent identity, cgroup mode, eBPF programs, collector health.
-pub async fn status(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    let latest = state.node.borrow().clone();
+pub async fn status(State(state): State<Arc<AppState>>) -> Response {
+    let node = state.node.borrow().clone();
     let containers = state.containers.borrow().clone();
-    let (node_health, programs) = match &latest {
-        Some(snapshot) => (json!(snapshot.health), json!(snapshot.ebpf_status)),
-        None => (serde_json::Value::Null, serde_json::Value::Null),
-    };
-    let container_health = containers.as_ref().map(|snapshot| json!(snapshot.health));
-    let supervised = |status: &crate::collector::supervisor::CollectorStatus| json!(status.view());
-    // Until the node collector's first snapshot, the programs are being loaded.
-    let ebpf_state = if latest.is_some() {
-        "settled"
-    } else {
-        "attaching"
-    };
+    let ebpf = state.ebpf.borrow().clone();
+    let ebpf_status = ebpf.as_ref().map(|ebpf| &ebpf.status);
     let hierarchies = &state.hierarchies;
-    let attached = latest.as_ref().map_or(0, |snapshot| {
-        snapshot
-            .ebpf_status
-            .programs
-            .iter()
-            .filter(|program| program.state == ProgramState::Attached)
-            .count()
-    });
-    Json(json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "hostname": latest.as_ref().map_or_else(collector::hostname, |snapshot| snapshot.node.hostname.clone()),
-        "uptime_seconds": state.started.elapsed().as_secs(),
-        "timestamp": clock::unix_seconds(),
-        "ready": state.ready(),
-        "cgroup_mode": hierarchies.mode(),
-        "cgroup": {
-            "unified": hierarchies.unified,
-            "unified_controllers": hierarchies.unified_controllers,
-            "v1": hierarchies.v1,
-            "families": state.cgroup_families,
+    let config = &state.config;
+    let status = Status {
+        version: env!("CARGO_PKG_VERSION"),
+        hostname: node.as_ref().map_or_else(collector::hostname, |snapshot| {
+            snapshot.node.hostname.clone()
+        }),
+        uptime_seconds: state.started.elapsed().as_secs(),
+        timestamp: clock::unix_seconds(),
+        ready: state.ready(),
+        cgroup_mode: hierarchies.mode(),
+        cgroup: CgroupStatus {
+            unified: hierarchies.unified.as_deref(),
+            unified_controllers: &hierarchies.unified_controllers,
+            v1: &hierarchies.v1,
+            families: &state.cgroup_families,
         },
-        "ebpf": {
-            "state": ebpf_state,
-            "embedded": state.ebpf_embedded,
-            "attached_programs": attached,
-            "programs": programs.get("programs"),
-            "events": programs.get("events"),
-            "sched_cgroups": programs.get("sched_cgroups"),
-            "block_cgroups": programs.get("block_cgroups"),
-            "notes": EBPF_NOTES,
+        ebpf: EbpfView {
+            // Until the node collector's first snapshot, collection is starting.
+            state: if node.is_some() {
+                "settled"
+            } else {
+                "attaching"
+            },
+            embedded: state.ebpf_embedded,
+            attached_programs: ebpf_status.map_or(0, |status| {
+                status
+                    .programs
+                    .iter()
+                    .filter(|program| program.state == ProgramState::Attached)
+                    .count()
+            }),
+            status: ebpf_status,
+            notes: EBPF_NOTES,
         },
-        "collectors": {
-            "node": node_health,
-            "containers": container_health,
-            "supervision": {
-                "node": supervised(&state.collectors.node),
-                "containers": supervised(&state.collectors.containers),
+        collectors: CollectorsView {
+            node: node.as_ref().map(|snapshot| &snapshot.health),
+            containers: containers.as_ref().map(|snapshot| &snapshot.health),
+            supervision: Supervision {
+                node: state.collectors.node.view(),
+                containers: state.collectors.containers.view(),
             },
         },
-        "containers": containers.as_ref().map_or(0, |snapshot| snapshot.containers.len()),
-        "discovery": containers.as_ref().map(|snapshot| &snapshot.discovery),
-        "stale_filesystems": latest.as_ref().map(|snapshot| &snapshot.node.stale_filesystems),
-        "config": {
-            "node_metrics_interval": state.intervals.node.load(Ordering::Relaxed),
-            "vm_metrics_interval": state.intervals.containers.load(Ordering::Relaxed),
-            "max_containers": state.config.containers.max_containers,
-            "max_containers_per_user": state.config.containers.max_containers_per_user,
-            "enable_history": state.config.enable_history,
-            "history_retention": state.config.history_retention.as_secs(),
-            "max_ws_clients": state.config.max_ws_clients,
+        containers: containers
+            .as_ref()
+            .map_or(0, |snapshot| snapshot.containers.len()),
+        discovery: containers.as_ref().map(|snapshot| &snapshot.discovery),
+        stale_filesystems: node
+            .as_ref()
+            .map(|snapshot| snapshot.node.stale_filesystems.as_slice()),
+        config: ConfigView {
+            node_metrics_interval: state.intervals.node.load(Ordering::Relaxed),
+            vm_metrics_interval: state.intervals.containers.load(Ordering::Relaxed),
+            max_containers: config.containers.max_containers,
+            max_containers_per_user: config.containers.max_containers_per_user,
+            enable_history: config.enable_history,
+            history_retention: config.history_retention.as_secs(),
+            max_ws_clients: config.max_ws_clients,
         },
-        "websocket": {
-            "clients": state.ws_clients.load(Ordering::Relaxed),
-            "max_clients": state.config.max_ws_clients,
+        websocket: WebsocketView {
+            clients: state.ws_clients.load(Ordering::Relaxed),
+            max_clients: config.max_ws_clients,
         },
-        "security": {
-            "tls": state.tls.is_some(),
-            "client_certificates": state.config.server.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some()),
-            "authentication": state.config.server.authenticates(),
-            "capabilities": state.capabilities,
-            "max_connections": state.config.server.max_connections,
+        security: SecurityView {
+            tls: state.tls.is_some(),
+            client_certificates: config
+                .server
+                .tls
+                .as_ref()
+                .is_some_and(|tls| tls.client_ca.is_some()),
+            authentication: config.server.authenticates(),
+            capabilities: &state.capabilities,
+            max_connections: config.server.max_connections,
         },
-    }))
+    };
+    Json(status).into_response()
+}
+
+#[derive(Serialize)]
+struct Status<'a> {
+    version: &'static str,
+    hostname: String,
+    uptime_seconds: u64,
+    timestamp: u64,
+    ready: bool,
+    cgroup_mode: CgroupMode,
+    cgroup: CgroupStatus<'a>,
+    ebpf: EbpfView<'a>,
+    collectors: CollectorsView<'a>,
+    containers: usize,
+    discovery: Option<&'a DiscoveryReport>,
+    stale_filesystems: Option<&'a [StaleFilesystem]>,
+    config: ConfigView,
+    websocket: WebsocketView,
+    security: SecurityView<'a>,
+}
+
+#[derive(Serialize)]
+struct CgroupStatus<'a> {
+    unified: Option<&'a std::path::Path>,
+    unified_controllers: &'a [String],
+    v1: &'a BTreeMap<String, PathBuf>,
+    /// Where each container metric family comes from on this host (or why not).
+    families: &'a BTreeMap<&'static str, String>,
+}
+
+#[derive(Serialize)]
+struct EbpfView<'a> {
+    state: &'static str,
+    embedded: bool,
+    attached_programs: usize,
+    /// Programs, events, and the hierarchies counters are charged to.
+    #[serde(flatten)]
+    status: Option<&'a EbpfStatus>,
+    notes: &'static [&'static str],
+}
+
+#[derive(Serialize)]
+struct CollectorsView<'a> {
+    node: Option<&'a CollectorHealth>,
+    containers: Option<&'a CollectorHealth>,
+    supervision: Supervision,
+}
+
+#[derive(Serialize)]
+struct Supervision {
+    node: StatusView,
+    containers: StatusView,
+}
+
+#[derive(Serialize)]
+struct ConfigView {
+    node_metrics_interval: u64,
+    vm_metrics_interval: u64,
+    max_containers: usize,
+    max_containers_per_user: usize,
+    enable_history: bool,
+    history_retention: u64,
+    max_ws_clients: usize,
+}
+
+#[derive(Serialize)]
+struct WebsocketView {
+    clients: usize,
+    max_clients: usize,
+}
+
+#[derive(Serialize)]
+struct SecurityView<'a> {
+    tls: bool,
+    client_certificates: bool,
+    authentication: bool,
+    capabilities: &'a [String],
+    max_connections: usize,
 }
 
 /// `GET /api/alerts`: the rules, the alerts firing now and the recently resolved ones.
@@ -125,10 +219,12 @@ pub async fn alerts(State(state): State<Arc<AppState>>) -> Json<serde_json::Valu
         .alerts
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let active = engine.active();
+    let resolved = engine.recently_resolved();
     Json(json!({
         "rules": engine.rules(),
-        "active": engine.active(),
-        "resolved": engine.recently_resolved(),
+        "active": active.iter().map(Message::alert).collect::<Vec<_>>(),
+        "resolved": resolved.iter().map(Message::alert).collect::<Vec<_>>(),
     }))
 }
 

@@ -12,10 +12,7 @@ use axum::{
 use serde::Serialize;
 
 use super::{ApiError, AppState};
-use crate::{
-    cgroup::discovery::{Pod, Runtime},
-    model::{ContainerMetrics, ContainerState},
-};
+use crate::model::{ContainerMetrics, ContainerState, Pod, Runtime};
 
 /// Shortest id prefix accepted, as `docker ps` prints ids.
 const MIN_PREFIX: usize = 12;
@@ -66,13 +63,17 @@ pub async fn list(State(state): State<Arc<AppState>>) -> Response {
     let Some(snapshot) = state.containers.borrow().clone() else {
         return ApiError::starting().into_response();
     };
-    let containers: Vec<Summary> = snapshot.containers.iter().map(Summary::from).collect();
-    Json(serde_json::json!({
-        "timestamp": snapshot.timestamp,
+    Json(list_body(&snapshot.containers, snapshot.at.unix)).into_response()
+}
+
+/// The body of `GET /api/containers`.
+pub fn list_body(containers: &[ContainerMetrics], timestamp: u64) -> serde_json::Value {
+    let containers: Vec<Summary> = containers.iter().map(Summary::from).collect();
+    serde_json::json!({
+        "timestamp": timestamp,
         "count": containers.len(),
         "containers": containers,
-    }))
-    .into_response()
+    })
 }
 
 /// `GET /api/containers/{id}/metrics`.

@@ -13,8 +13,9 @@ use serde::Deserialize;
 
 use super::{ApiError, AppState, containers::resolve};
 use crate::{
+    catalog::{self, Scope},
     clock,
-    history::{self, CONTAINER_METRICS, NODE_METRICS, Scope},
+    history::SeriesKey,
 };
 
 #[derive(Debug, Deserialize)]
@@ -31,7 +32,7 @@ pub async fn node(
     State(state): State<Arc<AppState>>,
     Query(query): Query<HistoryQuery>,
 ) -> Response {
-    answer(&state, Scope::Node, NODE_METRICS, &query)
+    answer(&state, Scope::Node, String::new(), &query)
 }
 
 pub async fn container(
@@ -43,22 +44,13 @@ pub async fn container(
         return ApiError::starting().into_response();
     };
     match resolve(&snapshot.containers, &id) {
-        Ok(container) => answer(
-            &state,
-            Scope::Container(container.cgroup.clone()),
-            CONTAINER_METRICS,
-            &query,
-        ),
+        Ok(container) => answer(&state, Scope::Container, container.cgroup.clone(), &query),
         Err(error) => error.into_response(),
     }
 }
 
-fn answer(
-    state: &AppState,
-    scope: Scope,
-    metrics: &'static [(&'static str, &'static str)],
-    query: &HistoryQuery,
-) -> Response {
+/// `target`: `""` for the node, a container's cgroup path.
+fn answer(state: &AppState, scope: Scope, target: String, query: &HistoryQuery) -> Response {
     let Some(store) = &state.history else {
         return ApiError(
             StatusCode::NOT_FOUND,
@@ -66,17 +58,11 @@ fn answer(
         )
         .into_response();
     };
-    let valid = || {
-        metrics
-            .iter()
-            .map(|(name, _)| *name)
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let valid = || catalog::series_names(scope).join(", ");
     let Some(metric) = query
         .metric
         .as_deref()
-        .and_then(|name| history::metric_name(metrics, name))
+        .and_then(|name| catalog::series_name(scope, name))
     else {
         return ApiError(
             StatusCode::BAD_REQUEST,
@@ -101,7 +87,16 @@ fn answer(
     let points = store
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .query(&scope, metric, clock::now(), range, step);
+        .query(
+            &SeriesKey {
+                scope,
+                target,
+                metric,
+            },
+            clock::now(),
+            range,
+            step,
+        );
     Json(serde_json::json!({
         "metric": metric,
         "range": range,

@@ -2,10 +2,10 @@
 //! latest published snapshot; they never collect.
 
 mod api;
-mod containers;
+pub mod containers;
 mod dashboard;
 mod history;
-mod prometheus;
+pub mod prometheus;
 pub mod security;
 pub mod serve;
 mod ws;
@@ -32,6 +32,7 @@ use crate::{
     clock,
     collector::{ContainerSnapshot, Intervals, Latest, NodeSnapshot, supervisor::CollectorStatus},
     config::Config,
+    ebpf::sampler::EbpfSnapshot,
     history::History,
 };
 
@@ -48,6 +49,8 @@ pub struct AppState {
     pub intervals: Arc<Intervals>,
     pub node: Latest<NodeSnapshot>,
     pub containers: Latest<ContainerSnapshot>,
+    /// The eBPF programs' status as of the last read of their maps.
+    pub ebpf: Latest<EbpfSnapshot>,
     pub ws_messages: broadcast::Sender<Utf8Bytes>,
     pub ws_clients: AtomicUsize,
     pub started: Instant,

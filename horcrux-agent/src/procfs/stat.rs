@@ -20,12 +20,8 @@ pub struct CpuTimes {
 }
 
 impl CpuTimes {
-    /// The eight modes that partition CPU time (guest time is inside user/nice).
-    pub const MODES: [&'static str; 8] = [
-        "user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal",
-    ];
-
-    /// The values of [`Self::MODES`], in that order.
+    /// The eight modes that partition CPU time (guest time is inside user/nice):
+    /// user, nice, system, idle, iowait, irq, softirq, steal.
     pub fn modes(&self) -> [u64; 8] {
         [
             self.user,

@@ -2,12 +2,9 @@
 //! or unusual layouts (`variants/`), and broken files (`malformed/`), plus a
 //! mutation fuzz loop that feeds damaged captures to every parser.
 
-#[path = "support/mutate.rs"]
-mod mutate;
-
 use std::{fs, path::PathBuf};
 
-use mutate::mutations;
+use horcrux_test_support::mutate::mutations;
 
 use horcrux_agent::{
     collector::node::{NodeCollector, NodeSources},
@@ -32,7 +29,7 @@ fn fixture(tree: &str, file: &str) -> String {
 }
 
 fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/proc")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/proc")
 }
 
 #[test]

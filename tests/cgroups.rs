@@ -4,9 +4,6 @@
 //! without controllers), including malformed files, `max` limits and a cgroup that
 //! vanishes between discovery and read.
 
-#[path = "support/mutate.rs"]
-mod mutate;
-
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -14,22 +11,20 @@ use std::{
 
 use horcrux_agent::{
     cgroup::{
-        CgroupMode, Hierarchies,
-        discovery::{self, QosClass, Runtime},
-        files,
+        CgroupMode, Hierarchies, discovery, files,
         stats::{CgroupReader, V1_BLKIO_WITHOUT_RULE},
     },
     collector::containers::ContainerCollector,
-    model::ContainerState,
+    model::{ContainerState, QosClass, Runtime},
 };
-use mutate::mutations;
+use horcrux_test_support::mutate::mutations;
 
 fn id(digit: char) -> String {
     std::iter::repeat_n(digit, 64).collect()
 }
 
 fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cgroup")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/cgroup")
 }
 
 fn v2_host(root: &Path) -> Hierarchies {

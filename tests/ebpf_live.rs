@@ -6,8 +6,7 @@
 //! hierarchy, block I/O in v1 blkio — and as a pure cgroup2 host would be: the same
 //! kernel, with the programs told to charge CPU to each task's cgroup2 directory.
 
-#[path = "../../tests/common/cgroup.rs"]
-mod cgroup;
+use horcrux_test_support::cgroup;
 
 use std::{collections::BTreeMap, os::unix::fs::MetadataExt, time::Duration};
 

@@ -1,7 +1,5 @@
 //! Container-like cgroups for live tests (root): `docker/<64-hex id>` in every
 //! hierarchy of this host, with workloads started inside, removed in `Drop`.
-// Each test binary includes this module and uses a different subset of it.
-#![allow(dead_code)]
 
 use std::{
     path::{Path, PathBuf},
@@ -47,6 +45,12 @@ pub struct TestCgroup {
     created_parents: Vec<PathBuf>,
     children: Vec<Child>,
     pub namespaces: Vec<String>,
+}
+
+impl Default for TestCgroup {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl TestCgroup {

@@ -4,8 +4,7 @@
 //! kernel's own counters for the same cgroup. Everything created is removed in
 //! `Drop`, also when an assertion fails.
 
-#[path = "../../tests/common/cgroup.rs"]
-mod cgroup;
+use horcrux_test_support::cgroup;
 
 use std::{process::Command, time::Duration};
 

@@ -1,0 +1,153 @@
+//! The agent's own families (`horcrux_agent_…`, `horcrux_collector_…`): build,
+//! collector health and supervision, eBPF programs, WebSocket clients.
+
+use super::{Family, Samples, Unit};
+use crate::{
+    collector::{health::CollectorHealth, supervisor::StatusView},
+    ebpf::{EbpfStatus, ProgramStatus},
+};
+
+/// What the agent families read: gathered from the latest snapshots and the
+/// supervisors when `/metrics` is rendered.
+#[derive(Debug, Clone)]
+pub struct AgentView {
+    pub cgroup_mode: &'static str,
+    pub uptime_seconds: f64,
+    /// The last published health of each collector that has published.
+    pub collectors: Vec<(&'static str, CollectorHealth)>,
+    /// Every supervised collector thread.
+    pub supervision: Vec<(&'static str, StatusView)>,
+    pub ebpf: Option<EbpfStatus>,
+    pub websocket_clients: u64,
+}
+
+type F = Family<AgentView>;
+
+pub static FAMILIES: &[F] = &[
+    F::gauge(
+        "agent_info",
+        Unit::Info,
+        "Agent version and cgroup mode.",
+        |a, out| out.labeled(&[env!("CARGO_PKG_VERSION"), a.cgroup_mode], Some(1u64)),
+    )
+    .labels(&["version", "cgroup_mode"]),
+    F::gauge(
+        "agent_uptime_seconds",
+        Unit::Seconds,
+        "Seconds since the agent started.",
+        |a, out| out.one(Some(a.uptime_seconds)),
+    ),
+    F::counter(
+        "agent_collector_cycles_total",
+        Unit::Count,
+        "Collection cycles run.",
+        |a, out| each_collector(a, out, |h| Some(h.cycles as f64)),
+    )
+    .labels(&["collector"]),
+    F::counter(
+        "agent_collector_errors_total",
+        Unit::Count,
+        "Errors met while collecting (each logged).",
+        |a, out| each_collector(a, out, |h| Some(h.error_count as f64)),
+    )
+    .labels(&["collector"]),
+    F::gauge(
+        "agent_collector_last_duration_seconds",
+        Unit::Seconds,
+        "Wall time of the last cycle.",
+        |a, out| each_collector(a, out, |h| h.last_duration_ms.map(|ms| ms / 1e3)),
+    )
+    .labels(&["collector"]),
+    F::gauge(
+        "agent_collector_last_cpu_seconds",
+        Unit::Seconds,
+        "CPU time of the last cycle.",
+        |a, out| each_collector(a, out, |h| h.last_cpu_time_ms.map(|ms| ms / 1e3)),
+    )
+    .labels(&["collector"]),
+    F::gauge(
+        "collector_last_success_timestamp_seconds",
+        Unit::Timestamp,
+        "Unix time of the collector's last published cycle: staleness is now \
+         minus this.",
+        |a, out| {
+            for (name, view) in &a.supervision {
+                out.labeled(&[name], view.last_success);
+            }
+        },
+    )
+    .labels(&["collector"]),
+    F::counter(
+        "agent_collector_panics_total",
+        Unit::Count,
+        "Collector panics; each panicked collector is restarted after a backoff.",
+        |a, out| {
+            for (name, view) in &a.supervision {
+                out.labeled(&[name], Some(view.panics));
+            }
+        },
+    )
+    .labels(&["collector"]),
+    F::gauge(
+        "agent_ebpf_program_attached",
+        Unit::Info,
+        "1 if the eBPF program is loaded and attached.",
+        |a, out| {
+            each_program(a, out, |p| {
+                Some(u64::from(p.state == crate::ebpf::ProgramState::Attached) as f64)
+            })
+        },
+    )
+    .labels(&["program"]),
+    F::counter(
+        "agent_ebpf_program_runs_total",
+        Unit::Count,
+        "Program invocations (counted while kernel.bpf_stats_enabled is 1).",
+        |a, out| each_program(a, out, |p| p.run_count.map(|runs| runs as f64)),
+    )
+    .labels(&["program"]),
+    F::counter(
+        "agent_ebpf_program_run_seconds_total",
+        Unit::Seconds,
+        "Time spent in the program (counted while kernel.bpf_stats_enabled is 1).",
+        |a, out| each_program(a, out, |p| p.run_time_ns.map(|ns| ns as f64 / 1e9)),
+    )
+    .labels(&["program"]),
+    F::counter(
+        "agent_ebpf_events_total",
+        Unit::Count,
+        "Events the eBPF programs could not record (full maps, failed kernel reads).",
+        |a, out| {
+            for (event, count) in a.ebpf.iter().flat_map(|ebpf| &ebpf.events) {
+                out.labeled(&[event], Some(*count));
+            }
+        },
+    )
+    .labels(&["event"]),
+    F::gauge(
+        "agent_websocket_clients",
+        Unit::Count,
+        "Connected WebSocket clients.",
+        |a, out| out.one(Some(a.websocket_clients)),
+    ),
+];
+
+fn each_collector(
+    agent: &AgentView,
+    out: &mut Samples<'_, '_>,
+    value: fn(&CollectorHealth) -> Option<f64>,
+) {
+    for (name, health) in &agent.collectors {
+        out.labeled(&[name], value(health));
+    }
+}
+
+fn each_program(
+    agent: &AgentView,
+    out: &mut Samples<'_, '_>,
+    value: fn(&ProgramStatus) -> Option<f64>,
+) {
+    for program in agent.ebpf.iter().flat_map(|ebpf| &ebpf.programs) {
+        out.labeled(&[program.name], value(program));
+    }
+}

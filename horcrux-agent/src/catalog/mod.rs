@@ -1,0 +1,458 @@
+//! The metric catalog: every metric family is declared once here — name, help,
+//! unit, type, labels and how to read its value from the model — and every output
+//! derives from it: the Prometheus exposition (`/metrics`), the history series and
+//! alert metrics (the families with a series name), and `docs/metrics.md`
+//! ([`markdown`]). Adding a metric means one declaration here plus its source.
+//!
+//! One file per model scope: [`node`], [`container`], [`ebpf`] (shared by node
+//! and containers), [`agent`].
+
+pub mod agent;
+pub mod container;
+pub mod ebpf;
+pub mod node;
+
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use crate::model::{ContainerMetrics, EbpfMetrics, Histogram, NodeMetrics};
+
+/// What a metric describes: the node, one container, or the agent itself. History
+/// series, alert rules and their targets are kept per scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    Node,
+    Container,
+    Agent,
+}
+
+impl Scope {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Node => "node",
+            Self::Container => "container",
+            Self::Agent => "agent",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Counter => "counter",
+            Self::Gauge => "gauge",
+            Self::Histogram => "histogram",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    Seconds,
+    Bytes,
+    BytesPerSecond,
+    /// 0–100.
+    Percent,
+    /// 0–1.
+    Ratio,
+    /// Unix seconds.
+    Timestamp,
+    /// A count of things (tasks, requests, cycles).
+    Count,
+    /// CPUs' worth of time.
+    Cores,
+    /// A constant 1 carrying labels (`_info`, state).
+    Info,
+}
+
+impl Unit {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Seconds => "seconds",
+            Self::Bytes => "bytes",
+            Self::BytesPerSecond => "bytes/s",
+            Self::Percent => "percent",
+            Self::Ratio => "ratio",
+            Self::Timestamp => "unix seconds",
+            Self::Count => "count",
+            Self::Cores => "CPUs",
+            Self::Info => "info",
+        }
+    }
+}
+
+/// One sample's value. Histograms are the model's (microsecond bounds); outputs
+/// convert them to their own base unit.
+#[derive(Debug, Clone, Copy)]
+pub enum Value<'a> {
+    Integer(u64),
+    Float(f64),
+    Histogram(&'a Histogram),
+}
+
+impl Value<'_> {
+    /// The value as one number (a histogram's has none).
+    pub fn as_f64(self) -> Option<f64> {
+        match self {
+            Self::Integer(value) => Some(value as f64),
+            Self::Float(value) => value.is_finite().then_some(value),
+            Self::Histogram(_) => None,
+        }
+    }
+}
+
+impl From<u64> for Value<'_> {
+    fn from(value: u64) -> Self {
+        Self::Integer(value)
+    }
+}
+
+impl From<f64> for Value<'_> {
+    fn from(value: f64) -> Self {
+        Self::Float(value)
+    }
+}
+
+impl<'a> From<&'a Histogram> for Value<'a> {
+    fn from(histogram: &'a Histogram) -> Self {
+        Self::Histogram(histogram)
+    }
+}
+
+/// Where a family's read function puts its samples: label values in the order of
+/// the family's `labels`, and a value (`None` = not measured, no sample).
+pub struct Samples<'s, 'a> {
+    emit: &'s mut dyn FnMut(&[&str], Value<'a>),
+}
+
+impl<'s, 'a> Samples<'s, 'a> {
+    pub fn new(emit: &'s mut dyn FnMut(&[&str], Value<'a>)) -> Self {
+        Self { emit }
+    }
+
+    /// The one sample of an unlabelled family.
+    pub fn one<V: Into<Value<'a>>>(&mut self, value: Option<V>) {
+        self.labeled(&[], value);
+    }
+
+    pub fn labeled<V: Into<Value<'a>>>(&mut self, labels: &[&str], value: Option<V>) {
+        if let Some(value) = value {
+            (self.emit)(labels, value.into());
+        }
+    }
+}
+
+/// Reads one family's samples from a model value.
+pub type Read<T> = for<'a> fn(&'a T, &mut Samples<'_, 'a>);
+
+/// One metric family.
+pub struct Family<T: 'static> {
+    /// The Prometheus name after the scope's prefix (`None`: not exported there).
+    pub prometheus: Option<&'static str>,
+    /// The history series and alert metric name (`None`: not recorded); such a
+    /// family has one unlabelled value per target.
+    pub series: Option<&'static str>,
+    pub help: &'static str,
+    pub unit: Unit,
+    pub kind: Kind,
+    /// Labels besides the scope's identity labels.
+    pub labels: &'static [&'static str],
+    pub read: Read<T>,
+}
+
+impl<T> Family<T> {
+    const fn new(
+        kind: Kind,
+        name: &'static str,
+        unit: Unit,
+        help: &'static str,
+        read: Read<T>,
+    ) -> Self {
+        Self {
+            prometheus: Some(name),
+            series: None,
+            help,
+            unit,
+            kind,
+            labels: &[],
+            read,
+        }
+    }
+
+    pub const fn counter(
+        name: &'static str,
+        unit: Unit,
+        help: &'static str,
+        read: Read<T>,
+    ) -> Self {
+        Self::new(Kind::Counter, name, unit, help, read)
+    }
+
+    pub const fn gauge(name: &'static str, unit: Unit, help: &'static str, read: Read<T>) -> Self {
+        Self::new(Kind::Gauge, name, unit, help, read)
+    }
+
+    pub const fn histogram(name: &'static str, help: &'static str, read: Read<T>) -> Self {
+        Self::new(Kind::Histogram, name, Unit::Seconds, help, read)
+    }
+
+    /// A gauge recorded in history and watched by alerts, not exported to Prometheus
+    /// (which computes its own rates and ratios from the counters).
+    pub const fn series(name: &'static str, unit: Unit, help: &'static str, read: Read<T>) -> Self {
+        let mut family = Self::new(Kind::Gauge, name, unit, help, read);
+        family.prometheus = None;
+        family.series = Some(name);
+        family
+    }
+
+    pub const fn labels(mut self, labels: &'static [&'static str]) -> Self {
+        self.labels = labels;
+        self
+    }
+
+    /// Also recorded in history under `name`.
+    pub const fn recorded_as(mut self, name: &'static str) -> Self {
+        self.series = Some(name);
+        self
+    }
+
+    /// Calls `emit` with every sample of `target`.
+    pub fn each_sample<'a>(&self, target: &'a T, emit: &mut dyn FnMut(&[&str], Value<'a>)) {
+        (self.read)(target, &mut Samples::new(emit));
+    }
+
+    /// The single value of a series family.
+    pub fn value(&self, target: &T) -> Option<f64> {
+        let mut value = None;
+        self.each_sample(target, &mut |_, sample| value = value.or(sample.as_f64()));
+        value
+    }
+}
+
+/// The families of one scope and how its targets are told apart.
+pub struct Catalog<T: 'static> {
+    pub scope: Scope,
+    /// Prepended to every Prometheus name (`horcrux_node_`).
+    pub prefix: &'static str,
+    /// Labels every sample carries (a container's id, name, runtime).
+    pub identity: &'static [&'static str],
+    pub identify: for<'a> fn(&'a T) -> Vec<&'a str>,
+    pub families: &'static [Family<T>],
+    /// The scope's eBPF families ([`ebpf::FAMILIES`]), when it has them.
+    pub ebpf: Option<for<'a> fn(&'a T) -> Option<&'a EbpfMetrics>>,
+}
+
+impl<T> Catalog<T> {
+    /// The series (history and alert) values of one target, skipping those not
+    /// measured.
+    pub fn series_values(&self, target: &T) -> Vec<(&'static str, f64)> {
+        self.families
+            .iter()
+            .filter_map(|family| Some((family.series?, family.value(target)?)))
+            .collect()
+    }
+
+    /// The series names, as history and alert rules accept them.
+    pub fn series_names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.families.iter().filter_map(|family| family.series)
+    }
+}
+
+pub static NODE: Catalog<NodeMetrics> = Catalog {
+    scope: Scope::Node,
+    prefix: "horcrux_node_",
+    identity: &[],
+    identify: |_| Vec::new(),
+    families: node::FAMILIES,
+    ebpf: Some(|node| node.ebpf.as_ref()),
+};
+
+pub static CONTAINER: Catalog<ContainerMetrics> = Catalog {
+    scope: Scope::Container,
+    prefix: "horcrux_container_",
+    identity: &["id", "name", "runtime"],
+    identify: |container| {
+        vec![
+            container.id.as_str(),
+            container.name.as_deref().unwrap_or(""),
+            container.runtime.name(),
+        ]
+    },
+    families: container::FAMILIES,
+    ebpf: Some(|container| container.ebpf.as_deref()),
+};
+
+pub static AGENT: Catalog<agent::AgentView> = Catalog {
+    scope: Scope::Agent,
+    prefix: "horcrux_",
+    identity: &[],
+    identify: |_| Vec::new(),
+    families: agent::FAMILIES,
+    ebpf: None,
+};
+
+/// The series names of a scope, as history and alert rules accept them.
+pub fn series_names(scope: Scope) -> Vec<&'static str> {
+    match scope {
+        Scope::Node => NODE.series_names().collect(),
+        Scope::Container => CONTAINER.series_names().collect(),
+        Scope::Agent => AGENT.series_names().collect(),
+    }
+}
+
+/// `name` as the `&'static str` of one of `scope`'s series, if it is one.
+pub fn series_name(scope: Scope, name: &str) -> Option<&'static str> {
+    series_names(scope)
+        .into_iter()
+        .find(|series| *series == name)
+}
+
+/// `docs/metrics.md`, generated: a test keeps the checked-in file equal to this.
+pub fn markdown() -> String {
+    let mut out = String::from(
+        "# Metrics\n\n\
+         Generated from the metric catalog (`horcrux-agent/src/catalog/`) by \
+         `cargo xtask docs`; do not edit by hand. \
+         Prometheus names are served at `/metrics`; series names are what \
+         `GET …/history?metric=` and alert rules (`[[alerts]] metric`) accept.\n\n\
+         Histograms are exported as `_bucket` (with `le` in seconds), `_sum` and \
+         `_count`. Container samples also carry `id`, `name` and `runtime`. \
+         Where each figure comes from and how it is computed: [sources.md](sources.md).\n",
+    );
+    markdown_scope(&mut out, "Node", &NODE);
+    markdown_scope(&mut out, "Containers", &CONTAINER);
+    let _ = write!(
+        out,
+        "\n## eBPF (node and containers)\n\nExported as `horcrux_node_<name>` (node \
+         totals) and `horcrux_container_<name>` (per container).\n\n"
+    );
+    markdown_table(&mut out, "", ebpf::FAMILIES);
+    markdown_scope(&mut out, "Agent", &AGENT);
+    out
+}
+
+fn markdown_scope<T>(out: &mut String, title: &str, catalog: &Catalog<T>) {
+    let _ = write!(out, "\n## {title}\n\n");
+    markdown_table(out, catalog.prefix, catalog.families);
+    let series: Vec<&Family<T>> = catalog
+        .families
+        .iter()
+        .filter(|family| family.series.is_some())
+        .collect();
+    if !series.is_empty() {
+        let _ = write!(
+            out,
+            "\nSeries ({} history and alerts):\n\n| series | unit | description |\n|---|---|---|\n",
+            catalog.scope.name()
+        );
+        for family in series {
+            let _ = writeln!(
+                out,
+                "| `{}` | {} | {} |",
+                family.series.unwrap_or_default(),
+                family.unit.name(),
+                family.help
+            );
+        }
+    }
+}
+
+fn markdown_table<T>(out: &mut String, prefix: &str, families: &[Family<T>]) {
+    out.push_str(
+        "| Prometheus name | type | unit | labels | description |\n|---|---|---|---|---|\n",
+    );
+    for family in families {
+        let Some(name) = family.prometheus else {
+            continue;
+        };
+        let labels: Vec<String> = family.labels.iter().map(|l| format!("`{l}`")).collect();
+        let _ = writeln!(
+            out,
+            "| `{prefix}{name}` | {} | {} | {} | {} |",
+            family.kind.name(),
+            family.unit.name(),
+            labels.join(", "),
+            family.help.replace('|', "\\|")
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    fn check<T>(catalog: &Catalog<T>, names: &mut HashSet<String>) {
+        let mut series = HashSet::new();
+        let ebpf = catalog.ebpf.map(|_| {
+            ebpf::FAMILIES
+                .iter()
+                .map(|f| (f.prometheus, f.kind, f.labels))
+        });
+        let families = catalog
+            .families
+            .iter()
+            .map(|f| (f.prometheus, f.kind, f.labels))
+            .chain(ebpf.into_iter().flatten());
+        for (name, kind, labels) in families {
+            let Some(name) = name else { continue };
+            let full = format!("{}{name}", catalog.prefix);
+            assert!(
+                full.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                "{full}"
+            );
+            assert!(names.insert(full.clone()), "{full} declared twice");
+            assert_eq!(
+                kind == Kind::Counter,
+                full.ends_with("_total"),
+                "{full}: counters, and only counters, end in _total"
+            );
+            for label in labels.iter().chain(catalog.identity) {
+                assert!(
+                    label.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                    "{full}: {label}"
+                );
+                assert_ne!(*label, "le", "{full}");
+            }
+        }
+        for family in catalog.families {
+            if let Some(name) = family.series {
+                assert!(series.insert(name), "series {name} declared twice");
+                assert!(family.labels.is_empty(), "series {name} has labels");
+                assert_ne!(family.kind, Kind::Histogram, "series {name}");
+            }
+        }
+    }
+
+    #[test]
+    fn names_are_unique_and_well_formed() {
+        let mut names = HashSet::new();
+        check(&NODE, &mut names);
+        check(&CONTAINER, &mut names);
+        check(&AGENT, &mut names);
+        assert!(names.len() > 80, "{}", names.len());
+    }
+
+    #[test]
+    fn docs_metrics_md_is_generated_from_the_catalog() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md");
+        if std::env::var_os("HORCRUX_BLESS").is_some() {
+            std::fs::write(path, markdown()).expect("writing docs/metrics.md");
+        }
+        let checked_in = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            checked_in == markdown(),
+            "docs/metrics.md is out of date: run `cargo xtask docs`"
+        );
+    }
+}
