@@ -20,11 +20,10 @@ use horcrux_agent::{
     cgroup::{Hierarchies, stats::CgroupReader},
     collector::{
         containers::ContainerCollector,
-        health::CollectorHealth,
         node::{NodeCollector, NodeSources},
-        supervisor::StatusView,
     },
     ebpf::EbpfPrograms,
+    health::{CollectorHealth, SupervisorView},
     http::{containers::list_body, prometheus},
     model::{ContainerMetrics, NodeMetrics},
 };
@@ -95,7 +94,7 @@ fn agent(mode: &str) -> AgentView {
         cycles: 1,
         ..CollectorHealth::default()
     };
-    let supervised = StatusView {
+    let supervised = SupervisorView {
         panics: 0,
         last_panic: None,
         last_success: Some(TIMESTAMP),

@@ -15,6 +15,8 @@ pub mod clock;
 pub mod collector;
 pub mod config;
 pub mod ebpf;
+pub mod error;
+pub mod health;
 pub mod history;
 pub mod http;
 pub mod messages;

@@ -73,6 +73,7 @@ fn main() -> ExitCode {
         }
         "run" => ensure_toolchain().and_then(|()| run(&rest)),
         "test" => setup().and_then(|()| test(&rest)),
+        "bless" => bless(),
         "bench" => setup()
             .and_then(|()| ensure_packages(BENCH_PACKAGES))
             .and_then(|()| cargo(&["bench", "-p", "horcrux-agent"])),
@@ -125,11 +126,23 @@ fn usage() -> String {
      \x20 build        build the agent (release), eBPF programs embedded\n\
      \x20 run [-- ARGS] build and run the agent as root (via sudo when not root)\n\
      \x20 test         formatting, clippy and every test (unit, fixture, live, end-to-end, eBPF)\n\
+     \x20 bless        regenerate docs/metrics.md and the golden outputs (tests/golden/) after a reviewed change\n\
      \x20 bench        collection-cycle benchmark\n\
      \x20 bench-ebpf [ROUNDS]  overhead of the eBPF programs vs detached and vs libbpf-tools (root)\n\
      \x20 bench-churn [MINUTES] [CONTAINERS]  the agent under a churning container population (root)\n\
      \x20 bench-http   requests/s and p99 of the HTTP surface, plain vs TLS + token, with WebSocket load"
         .into()
+}
+
+/// Rewrites the generated files their tests compare against: `docs/metrics.md` (from
+/// the metric catalog) and `tests/golden/` (the outputs over the fixture trees).
+fn bless() -> Result {
+    status(
+        Command::new(cargo_binary())
+            .args(["test", "-p", "horcrux-agent", "--lib", "--test", "golden"])
+            .env("HORCRUX_BLESS", "1")
+            .current_dir(workspace_root()),
+    )
 }
 
 fn workspace_root() -> PathBuf {

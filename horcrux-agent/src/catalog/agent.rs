@@ -3,8 +3,8 @@
 
 use super::{Family, Samples, Unit};
 use crate::{
-    collector::{health::CollectorHealth, supervisor::StatusView},
     ebpf::{EbpfStatus, ProgramStatus},
+    health::{CollectorHealth, SupervisorView},
 };
 
 /// What the agent families read: gathered from the latest snapshots and the
@@ -16,7 +16,7 @@ pub struct AgentView {
     /// The last published health of each collector that has published.
     pub collectors: Vec<(&'static str, CollectorHealth)>,
     /// Every supervised collector thread.
-    pub supervision: Vec<(&'static str, StatusView)>,
+    pub supervision: Vec<(&'static str, SupervisorView)>,
     pub ebpf: Option<EbpfStatus>,
     pub websocket_clients: u64,
 }

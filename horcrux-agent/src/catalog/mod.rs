@@ -321,7 +321,7 @@ pub fn markdown() -> String {
     let mut out = String::from(
         "# Metrics\n\n\
          Generated from the metric catalog (`horcrux-agent/src/catalog/`) by \
-         `cargo xtask docs`; do not edit by hand. \
+         `cargo xtask bless`; do not edit by hand. \
          Prometheus names are served at `/metrics`; series names are what \
          `GET …/history?metric=` and alert rules (`[[alerts]] metric`) accept.\n\n\
          Histograms are exported as `_bucket` (with `le` in seconds), `_sum` and \
@@ -452,7 +452,7 @@ mod tests {
         let checked_in = std::fs::read_to_string(path).unwrap_or_default();
         assert!(
             checked_in == markdown(),
-            "docs/metrics.md is out of date: run `cargo xtask docs`"
+            "docs/metrics.md is out of date: run `cargo xtask bless`"
         );
     }
 }

@@ -21,10 +21,10 @@ use crate::{
     },
     collector::{
         ebpf::{EbpfIntervals, ebpf_metrics},
-        health::CollectorHealth,
         network_totals,
     },
     ebpf::counters::{DeviceOpCounters, EbpfCounters},
+    health::CollectorHealth,
     messages::VmStatusChanged,
     model::{
         BlockIoTotals, ContainerBlockIo, ContainerCpu, ContainerDeviceIo, ContainerMemory,

@@ -12,7 +12,6 @@
 
 pub mod containers;
 pub mod ebpf;
-pub mod health;
 pub mod node;
 pub mod supervisor;
 
@@ -32,12 +31,12 @@ use crate::{
     cgroup::stats::CgroupReader,
     clock::{self, Stamp},
     ebpf::{counters::EbpfCounters, sampler::EbpfSampler},
+    health::CollectorHealth,
     messages::{Message, NodeMetricsMessage, VmMetricsMessage, json_text},
     model::{ContainerMetrics, EbpfMetrics, NodeMetrics},
 };
 use containers::{ContainerCollector, ContainerSettings, DiscoveryReport};
 use ebpf::{EbpfIntervals, ebpf_metrics};
-use health::CollectorHealth;
 use node::{NodeCollector, NodeSources};
 use supervisor::CollectorStatus;
 

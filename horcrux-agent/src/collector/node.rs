@@ -8,7 +8,7 @@ use std::{
 };
 
 use crate::{
-    collector::health::CollectorHealth,
+    health::CollectorHealth,
     model::{
         CpuMetrics, CpuModes, DiskKind, DiskMetrics, DiskRates, FilesystemMetrics, LoadMetrics,
         MemoryMetrics, NetworkMetrics, NetworkRates, NodeMetrics, PerCpuMetrics, ProcessMetrics,

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde::Serialize;
+use crate::health::SupervisorView;
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -35,20 +35,13 @@ pub struct CollectorStatus {
     injected: std::sync::atomic::AtomicBool,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct StatusView {
-    pub panics: u64,
-    pub last_panic: Option<String>,
-    pub last_success: Option<u64>,
-}
-
 impl CollectorStatus {
     pub fn succeeded(&self, unix: u64) {
         self.last_success.store(unix, Ordering::Relaxed);
     }
 
-    pub fn view(&self) -> StatusView {
-        StatusView {
+    pub fn view(&self) -> SupervisorView {
+        SupervisorView {
             panics: self.panics.load(Ordering::Relaxed),
             last_panic: self
                 .last_panic

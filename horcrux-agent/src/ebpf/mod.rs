@@ -12,7 +12,7 @@ pub mod counters;
 pub mod layout;
 pub mod sampler;
 
-use std::{error::Error, path::PathBuf};
+use std::path::PathBuf;
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
@@ -22,7 +22,10 @@ use aya::{
 use horcrux_common::{EVENT_SLOTS, KernelLayout};
 use serde::Serialize;
 
-use crate::cgroup::{Hierarchies, Hierarchy, inodes::InodeIndex};
+use crate::{
+    cgroup::{Hierarchies, Hierarchy, inodes::InodeIndex},
+    error::chain,
+};
 use counters::{BlockSource, CgroupMap, EbpfCounters, SchedSource};
 use layout::{CpuCgroups, KernelBtf, VMLINUX_BTF};
 
@@ -402,16 +405,4 @@ fn raise_memlock_limit() {
     if let Err(errno) = setrlimit(Resource::RLIMIT_MEMLOCK, u64::MAX, u64::MAX) {
         tracing::debug!("could not raise RLIMIT_MEMLOCK: {errno}");
     }
-}
-
-/// "outer: cause: root cause", since aya's errors keep their causes as sources.
-fn chain(error: &dyn Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -19,10 +19,9 @@ use super::{ApiError, AppState};
 use crate::{
     cgroup::CgroupMode,
     clock,
-    collector::{
-        self, containers::DiscoveryReport, health::CollectorHealth, supervisor::StatusView,
-    },
+    collector::{self, containers::DiscoveryReport},
     ebpf::{EbpfStatus, ProgramState},
+    health::{CollectorHealth, SupervisorView},
     messages::Message,
     model::StaleFilesystem,
 };
@@ -183,8 +182,8 @@ struct CollectorsView<'a> {
 
 #[derive(Serialize)]
 struct Supervision {
-    node: StatusView,
-    containers: StatusView,
+    node: SupervisorView,
+    containers: SupervisorView,
 }
 
 #[derive(Serialize)]

@@ -14,7 +14,7 @@ use super::AppState;
 use crate::{
     catalog::{self, Catalog, Family, Kind, Value, agent::AgentView},
     collector::{ContainerSnapshot, NodeSnapshot},
-    model::{ContainerMetrics, NodeMetrics},
+    model::{ContainerMetrics, EbpfMetrics, NodeMetrics},
 };
 
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -80,36 +80,31 @@ pub struct Exposition {
 
 impl Exposition {
     /// Every family of a scope over its targets, then the scope's eBPF families.
-    fn catalog<'a, T>(&mut self, catalog: &Catalog<T>, targets: impl Iterator<Item = &'a T> + Clone)
-    where
-        T: 'a,
-    {
-        let identified = targets.map(|target| ((catalog.identify)(target), target));
+    fn catalog<'a, T: 'a>(&mut self, catalog: &Catalog<T>, targets: impl Iterator<Item = &'a T>) {
+        let identified: Vec<(Vec<&str>, &T)> = targets
+            .map(|target| ((catalog.identify)(target), target))
+            .collect();
         for family in catalog.families {
-            self.family(catalog.prefix, catalog.identity, family, identified.clone());
+            self.family(catalog.prefix, catalog.identity, family, &identified);
         }
         if let Some(ebpf) = catalog.ebpf {
-            let scoped: Vec<_> = identified
+            let scoped: Vec<(Vec<&str>, &EbpfMetrics)> = identified
+                .into_iter()
                 .filter_map(|(identity, target)| Some((identity, ebpf(target)?)))
                 .collect();
             for family in catalog::ebpf::FAMILIES {
-                self.family(
-                    catalog.prefix,
-                    catalog.identity,
-                    family,
-                    scoped.iter().map(|(id, e)| (id.clone(), *e)),
-                );
+                self.family(catalog.prefix, catalog.identity, family, &scoped);
             }
         }
     }
 
     /// One family over `(identity label values, target)` pairs.
-    fn family<'a, T: 'a>(
+    fn family<T>(
         &mut self,
         prefix: &str,
         identity: &[&str],
         family: &Family<T>,
-        targets: impl Iterator<Item = (Vec<&'a str>, &'a T)>,
+        targets: &[(Vec<&str>, &T)],
     ) {
         let Some(name) = family.prometheus else {
             return;
@@ -119,21 +114,19 @@ impl Exposition {
         let _ = writeln!(self.text, "# TYPE {name} {}", family.kind.name());
         let label_names: Vec<&str> = identity.iter().chain(family.labels).copied().collect();
         for (identity_values, target) in targets {
-            family.each_sample(target, &mut |labels, value| {
-                let values: Vec<&str> = identity_values
+            family.each_sample(target, &mut |values, value| {
+                let labels: Vec<(&str, &str)> = label_names
                     .iter()
                     .copied()
-                    .chain(labels.iter().copied())
+                    .zip(identity_values.iter().chain(values).copied())
                     .collect();
-                let labels: Vec<(&str, &str)> = label_names.iter().copied().zip(values).collect();
                 match value {
                     Value::Integer(value) => self.sample(&name, &labels, value),
                     Value::Float(value) if value.is_finite() => self.sample(&name, &labels, value),
-                    Value::Float(_) => {}
                     Value::Histogram(histogram) if family.kind == Kind::Histogram => {
                         self.histogram(&name, &labels, histogram)
                     }
-                    Value::Histogram(_) => {}
+                    Value::Float(_) | Value::Histogram(_) => {}
                 }
             });
         }
@@ -223,13 +216,9 @@ mod tests {
             },
         ];
         let mut out = Exposition::default();
-        out.family(
-            "horcrux_",
-            &[],
-            &counter,
-            targets[..1].iter().map(|p| (vec![], p)),
-        );
-        out.family("horcrux_", &[], &gauge, targets.iter().map(|p| (vec![], p)));
+        let identified: Vec<(Vec<&str>, &Probe)> = targets.iter().map(|p| (vec![], p)).collect();
+        out.family("horcrux_", &[], &counter, &identified[..1]);
+        out.family("horcrux_", &[], &gauge, &identified);
         assert_eq!(
             out.text,
             "# HELP horcrux_test_total A test.\n# TYPE horcrux_test_total counter\n\

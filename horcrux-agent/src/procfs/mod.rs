@@ -10,12 +10,13 @@ pub mod netdev;
 pub mod stat;
 
 use std::{
-    fmt, io,
+    io,
     path::{Path, PathBuf},
 };
 
 /// A malformed line in a kernel file (1-based line number).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {reason}")]
 pub struct ParseError {
     pub line: usize,
     pub reason: String,
@@ -29,14 +30,6 @@ impl ParseError {
         }
     }
 }
-
-impl fmt::Display for ParseError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "line {}: {}", self.line, self.reason)
-    }
-}
-
-impl std::error::Error for ParseError {}
 
 /// Reading or parsing one source file failed.
 #[derive(Debug, thiserror::Error)]

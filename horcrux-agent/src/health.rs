@@ -1,4 +1,7 @@
-//! Per-collector health: how long the last cycle took, and every error, counted
+//! What the agent knows of its collectors, as `/api/status` and the agent's metric
+//! families show it: the supervisor's view of each collector thread
+//! ([`SupervisorView`]), and per-collector health: how long the last cycle took,
+//! and every error, counted
 //! per source kind (`/proc/stat`, `cgroup memory.stat`, never a per-container or
 //! per-pid path, so the map stays small). Errors are logged once per distinct
 //! message so a permanently broken file does not flood the log.
@@ -6,6 +9,14 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use serde::Serialize;
+
+/// A collector thread as its supervisor sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SupervisorView {
+    pub panics: u64,
+    pub last_panic: Option<String>,
+    pub last_success: Option<u64>,
+}
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CollectorHealth {
