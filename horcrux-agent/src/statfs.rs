@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::{model::FilesystemMetrics, procfs::mountinfo::Mount};
+use crate::procfs::mountinfo::Mount;
 
 /// Pseudo and overlay filesystems that hold no user data (node_exporter's default exclusions).
 const IGNORED_FS_TYPES: &[&str] = &[
@@ -111,21 +111,6 @@ impl Usage {
             0.0
         } else {
             self.used_bytes as f64 * 100.0 / usable as f64
-        }
-    }
-
-    pub fn into_metrics(self, mount: &Mount) -> FilesystemMetrics {
-        FilesystemMetrics {
-            mount_point: mount.mount_point.clone(),
-            device: mount.source.clone(),
-            fs_type: mount.fs_type.clone(),
-            size_bytes: self.size_bytes,
-            used_bytes: self.used_bytes,
-            available_bytes: self.available_bytes,
-            usage_percent: self.usage_percent(),
-            inodes_total: self.inodes_total,
-            inodes_used: self.inodes_total.saturating_sub(self.inodes_free),
-            inodes_free: self.inodes_free,
         }
     }
 }

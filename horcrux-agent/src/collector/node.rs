@@ -405,7 +405,7 @@ impl NodeCollector {
         let mut filesystems = Vec::new();
         for mount in statfs::real_filesystems(mounts) {
             match self.statvfs(Path::new(&mount.mount_point), &mount.fs_type) {
-                Probe::Done(Ok(usage)) => filesystems.push(usage.into_metrics(mount)),
+                Probe::Done(Ok(usage)) => filesystems.push(filesystem_metrics(&usage, mount)),
                 Probe::Done(Err(error)) => {
                     let message = format!("statvfs {}: {error}", mount.mount_point);
                     self.health
@@ -419,6 +419,21 @@ impl NodeCollector {
             }
         }
         filesystems
+    }
+}
+
+fn filesystem_metrics(usage: &statfs::Usage, mount: &mountinfo::Mount) -> FilesystemMetrics {
+    FilesystemMetrics {
+        mount_point: mount.mount_point.clone(),
+        device: mount.source.clone(),
+        fs_type: mount.fs_type.clone(),
+        size_bytes: usage.size_bytes,
+        used_bytes: usage.used_bytes,
+        available_bytes: usage.available_bytes,
+        usage_percent: usage.usage_percent(),
+        inodes_total: usage.inodes_total,
+        inodes_used: usage.inodes_total.saturating_sub(usage.inodes_free),
+        inodes_free: usage.inodes_free,
     }
 }
 

@@ -29,7 +29,8 @@ pub struct EbpfSnapshot {
 }
 
 pub struct EbpfSampler {
-    programs: Mutex<EbpfPrograms>,
+    /// The programs and their last read (none before the first).
+    programs: Mutex<(EbpfPrograms, Option<Arc<EbpfSnapshot>>)>,
     attached: bool,
     latest: watch::Sender<Option<Arc<EbpfSnapshot>>>,
 }
@@ -44,13 +45,14 @@ impl EbpfSampler {
     pub fn new(programs: EbpfPrograms) -> Self {
         let attached = programs.any_attached();
         let status = programs.status();
+        // Until the first read, the status alone (programs attached or why not).
         let (latest, _) = watch::channel(Some(Arc::new(EbpfSnapshot {
             counters: EbpfCounters::default(),
             status,
             read_at: Instant::now(),
         })));
         Self {
-            programs: Mutex::new(programs),
+            programs: Mutex::new((programs, None)),
             attached,
             latest,
         }
@@ -67,16 +69,16 @@ impl EbpfSampler {
 
     /// Reads the maps now (or shares a read finished within [`SHARED_READ`]).
     pub fn sample(&self) -> Sample {
-        let mut programs = self
+        let mut guard = self
             .programs
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(latest) = self.latest.borrow().as_ref()
-            && self.attached
-            && latest.read_at.elapsed() < SHARED_READ
+        let (programs, last_read) = &mut *guard;
+        if let Some(last) = last_read
+            && last.read_at.elapsed() < SHARED_READ
         {
             return Sample {
-                snapshot: Arc::clone(latest),
+                snapshot: Arc::clone(last),
                 errors: Vec::new(),
             };
         }
@@ -93,6 +95,7 @@ impl EbpfSampler {
             status: programs.status(),
             read_at: Instant::now(),
         });
+        *last_read = Some(Arc::clone(&snapshot));
         self.latest.send_replace(Some(Arc::clone(&snapshot)));
         Sample { snapshot, errors }
     }
