@@ -109,8 +109,11 @@ fn agent(mode: &str) -> AgentView {
     }
 }
 
-/// Compares `actual` with the checked-in `name`, or writes it when blessing.
+/// Compares `actual` with the checked-in `name`, or writes it when blessing. Paths
+/// into the fixtures (in the reasons of unavailable figures) are written from
+/// `$FIXTURES`, wherever the checkout is.
 fn check(name: &str, actual: &str) {
+    let actual = actual.replace(&fixtures().display().to_string(), "$FIXTURES");
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../tests/golden")
         .join(name);
