@@ -13,7 +13,7 @@ use std::{
 
 use base64::Engine;
 use common::Agent;
-use horcrux_test_support::cgroup::{TestCgroup, skip_unless_root};
+use horcrux_test_support::cgroup::TestCgroup;
 use serde_json::{Value, json};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -181,19 +181,28 @@ fn number(value: &Value) -> Option<f64> {
     value.as_str()?.split_whitespace().next()?.parse().ok()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn dashboard_updates_live_in_a_real_browser() {
-    if !Path::new(CHROMIUM).exists() || !Path::new(CHROMEDRIVER).exists() {
-        eprintln!(
-            "SKIPPED dashboard test: chromium and chromium-driver are not installed (`cargo xtask setup` installs them)"
-        );
-        return;
-    }
+fn require_browser() {
+    assert!(
+        Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists(),
+        "chromium and chromium-driver are not installed: `cargo xtask setup` installs them"
+    );
+}
+
+/// An agent with history and a 1 s container interval, and a browser showing its
+/// dashboard live.
+async fn dashboard() -> (Agent, Browser) {
+    require_browser();
     let agent = Agent::start("[monitoring]\nvm_metrics_interval = 1\nenable_history = true\n");
     agent.wait_for_cycles(2).await;
     let browser = Browser::start().await;
     browser.open(&agent.url("/")).await;
     browser.wait_live().await;
+    (agent, browser)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dashboard_updates_live_in_a_real_browser() {
+    let (_agent, browser) = dashboard().await;
 
     // Numbers change as WebSocket messages arrive: the sample time moves on.
     let stamp = "return Number(document.querySelector('#updated').dataset.timestamp || 0)";
@@ -219,41 +228,6 @@ async fn dashboard_updates_live_in_a_real_browser() {
         "{cpu}"
     );
 
-    // A container created now appears in the table, and its detail view opens.
-    if !skip_unless_root("the container part of dashboard_updates_live_in_a_real_browser") {
-        let mut cgroup = TestCgroup::new();
-        cgroup.run("exec sleep 60", "");
-        let short = cgroup.id[..12].to_owned();
-        let find_row = format!(
-            "return document.querySelector('#containers tbody').textContent.includes('{short}')"
-        );
-        browser
-            .wait_for("new container row", &find_row, |v| v == true)
-            .await;
-        browser
-            .run(&format!(
-                "document.querySelector('tr[data-id=\"{}\"]').click()",
-                cgroup.id
-            ))
-            .await;
-        browser
-            .wait_for(
-                "detail view",
-                "return document.querySelector('#detail-body').textContent",
-                |v| v.as_str().is_some_and(|text| text.contains("working set")),
-            )
-            .await;
-        // Search filters the table.
-        let filter = "const s = document.querySelector('#search'); s.value = 'no-such-container'; \
-                      s.dispatchEvent(new Event('input')); return document.querySelector('#containers tbody').textContent";
-        assert!(
-            browser
-                .run(filter)
-                .await
-                .as_str()
-                .is_some_and(|text| text.contains("no containers"))
-        );
-    }
     browser
         .screenshot(&Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png"))
         .await;
@@ -276,6 +250,44 @@ async fn dashboard_updates_live_in_a_real_browser() {
     assert!(
         overflow.as_i64() <= Some(0),
         "page overflows a phone screen by {overflow} px"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: creates cgroups"]
+async fn a_new_container_appears_and_its_detail_view_opens() {
+    let (_agent, browser) = dashboard().await;
+    let mut cgroup = TestCgroup::new();
+    cgroup.run("exec sleep 60", "");
+    let short = cgroup.id[..12].to_owned();
+    let find_row = format!(
+        "return document.querySelector('#containers tbody').textContent.includes('{short}')"
+    );
+    browser
+        .wait_for("new container row", &find_row, |v| v == true)
+        .await;
+    browser
+        .run(&format!(
+            "document.querySelector('tr[data-id=\"{}\"]').click()",
+            cgroup.id
+        ))
+        .await;
+    browser
+        .wait_for(
+            "detail view",
+            "return document.querySelector('#detail-body').textContent",
+            |v| v.as_str().is_some_and(|text| text.contains("working set")),
+        )
+        .await;
+    // Search filters the table.
+    let filter = "const s = document.querySelector('#search'); s.value = 'no-such-container'; \
+                  s.dispatchEvent(new Event('input')); return document.querySelector('#containers tbody').textContent";
+    assert!(
+        browser
+            .run(filter)
+            .await
+            .as_str()
+            .is_some_and(|text| text.contains("no containers"))
     );
 }
 
@@ -303,9 +315,7 @@ async fn serve_page(html: String) -> u16 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn with_auth_on_the_dashboard_logs_in_once_and_other_sites_cannot_read_the_socket() {
-    if !Path::new(CHROMIUM).exists() || !Path::new(CHROMEDRIVER).exists() {
-        panic!("chromium and chromium-driver are needed (`cargo xtask setup` installs them)");
-    }
+    require_browser();
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().expect("temp dir");
     let token = dir.path().join("token");

@@ -1,6 +1,7 @@
-//! `GET /metrics` end-to-end: `promtool check metrics` accepts the live output (with a
-//! container present, so container families have samples), and a real Prometheus on
-//! loopback scrapes the agent and answers PromQL queries with the kernel's numbers.
+//! `GET /metrics` end-to-end: `promtool check metrics` accepts the live output (and,
+//! as root, with a container present, so container families have samples), and a
+//! real Prometheus on loopback scrapes the agent and answers PromQL queries with the
+//! kernel's numbers.
 
 mod common;
 
@@ -11,20 +12,17 @@ use std::{
 };
 
 use common::Agent;
-use horcrux_test_support::cgroup::{TestCgroup, skip_unless_root};
+use horcrux_test_support::cgroup::TestCgroup;
 use serde_json::Value;
 
 const PROMTOOL: &str = "/usr/bin/promtool";
 const PROMETHEUS: &str = "/usr/bin/prometheus";
 
-fn installed(test: &str) -> bool {
-    let present = Path::new(PROMTOOL).exists() && Path::new(PROMETHEUS).exists();
-    if !present {
-        eprintln!(
-            "SKIPPED {test}: Debian `prometheus` is not installed (`cargo xtask setup` installs it)"
-        );
-    }
-    present
+fn require_prometheus() {
+    assert!(
+        Path::new(PROMTOOL).exists() && Path::new(PROMETHEUS).exists(),
+        "Debian `prometheus` is not installed: `cargo xtask setup` installs it"
+    );
 }
 
 async fn exposition(agent: &Agent) -> String {
@@ -53,22 +51,8 @@ fn mem_total_bytes() -> u64 {
     kib * 1024
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn promtool_accepts_the_live_exposition() {
-    if !installed("promtool_accepts_the_live_exposition") {
-        return;
-    }
-    let mut cgroup =
-        (!skip_unless_root("the container part of promtool_accepts_the_live_exposition"))
-            .then(TestCgroup::new);
-    if let Some(cgroup) = &mut cgroup {
-        cgroup.run("exec sleep 60", "");
-    }
-    let agent = Agent::start("[monitoring]\nvm_metrics_interval = 1\n");
-    agent.wait_for_cycles(2).await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    let text = exposition(&agent).await;
-
+/// `promtool check metrics` finds nothing to complain about in `text`.
+fn promtool_check(text: &str) {
     let mut promtool = Command::new(PROMTOOL)
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -88,24 +72,46 @@ async fn promtool_accepts_the_live_exposition() {
         checked.status.success() && complaints.trim().is_empty(),
         "promtool: {complaints}"
     );
+}
 
+/// The exposition of a fresh agent after two node cycles and a container cycle.
+async fn live_exposition() -> String {
+    let agent = Agent::start("[monitoring]\nvm_metrics_interval = 1\n");
+    agent.wait_for_cycles(2).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    exposition(&agent).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn promtool_accepts_the_live_exposition() {
+    require_prometheus();
+    let text = live_exposition().await;
+    promtool_check(&text);
     assert!(text.contains(&format!(
         "horcrux_node_memory_total_bytes {}\n",
         mem_total_bytes()
     )));
     assert!(text.contains("horcrux_node_cpu_seconds_total{cpu=\"0\",mode=\"user\"}"));
     assert!(text.contains("horcrux_agent_collector_cycles_total{collector=\"node\"}"));
-    if let Some(cgroup) = &cgroup {
-        let info = format!(
-            "horcrux_container_info{{id=\"{}\",name=\"\",runtime=\"docker\",state=\"running\"",
-            cgroup.id
-        );
-        assert!(text.contains(&info), "container {} not exported", cgroup.id);
-        assert!(text.contains(&format!(
-            "horcrux_container_cpu_usage_seconds_total{{id=\"{}\"",
-            cgroup.id
-        )));
-    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: creates cgroups"]
+async fn promtool_accepts_the_container_families() {
+    require_prometheus();
+    let mut cgroup = TestCgroup::new();
+    cgroup.run("exec sleep 60", "");
+    let text = live_exposition().await;
+    promtool_check(&text);
+    let info = format!(
+        "horcrux_container_info{{id=\"{}\",name=\"\",runtime=\"docker\",state=\"running\"",
+        cgroup.id
+    );
+    assert!(text.contains(&info), "container {} not exported", cgroup.id);
+    assert!(text.contains(&format!(
+        "horcrux_container_cpu_usage_seconds_total{{id=\"{}\"",
+        cgroup.id
+    )));
 }
 
 /// The server is stopped before its data directory is removed (fields drop after `drop`).
@@ -140,9 +146,7 @@ async fn query(port: u16, promql: &str) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_real_prometheus_scrapes_the_agent() {
-    if !installed("a_real_prometheus_scrapes_the_agent") {
-        return;
-    }
+    require_prometheus();
     let agent = Agent::start("");
     agent.wait_for_cycles(1).await;
     let dir = tempfile::tempdir().expect("temp dir");

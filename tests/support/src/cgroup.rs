@@ -14,15 +14,6 @@ pub fn hierarchies() -> Hierarchies {
     Hierarchies::from_mounts(&mountinfo::parse(&text).expect("parses"))
 }
 
-/// True (after saying why) when the test cannot run here.
-pub fn skip_unless_root(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return false;
-    }
-    eprintln!("SKIPPED {test}: creating cgroups needs root; CI runs as root");
-    true
-}
-
 /// One live test at a time: they share the `docker/` parents, and a CPU burner in
 /// one would skew another's numbers. Hold the guard for the whole test.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
