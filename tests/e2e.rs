@@ -231,6 +231,27 @@ async fn terminates_cleanly_on_sigterm() {
     assert!(agent.terminate(), "exit status 0 after SIGTERM");
 }
 
+/// `kill -SEGV` (`systemctl kill -s SEGV`) crashes the agent as it would a C daemon,
+/// so its supervisor restarts it; Rust's stack-overflow handler alone would let it
+/// run on after the first one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sigsegv_sent_to_the_agent_crashes_it() {
+    use std::os::unix::process::ExitStatusExt;
+    // No core file in the checkout: the agent inherits a zero core size.
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_CORE)
+        .expect("RLIMIT_CORE");
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, hard)
+        .expect("no core files");
+    let mut agent = Agent::start("");
+    agent.wait_for_cycles(1).await;
+    let status = agent.exit_on(nix::sys::signal::Signal::SIGSEGV);
+    assert_eq!(
+        status.and_then(|status| status.signal()),
+        Some(libc::SIGSEGV),
+        "{status:?}"
+    );
+}
+
 #[test]
 fn bad_config_stops_start_up_naming_key_and_line() {
     let dir = tempfile::tempdir().expect("temp dir");

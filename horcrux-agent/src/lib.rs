@@ -14,6 +14,7 @@ pub mod cgroup;
 pub mod clock;
 pub mod collector;
 pub mod config;
+pub mod crash;
 pub mod ebpf;
 pub mod error;
 pub mod health;

@@ -74,6 +74,7 @@ fn check_exposure(config: &Config) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
+    horcrux_agent::crash::die_on_sent_sigsegv();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -175,16 +175,25 @@ impl Agent {
 
     /// Sends SIGTERM and returns whether the agent exited cleanly within 10 s.
     pub fn terminate(&mut self) -> bool {
+        self.exit_on(nix::sys::signal::Signal::SIGTERM)
+            .is_some_and(|status| status.success())
+    }
+
+    /// Sends `signal` and returns how the agent ended, if it did within 10 s.
+    pub fn exit_on(
+        &mut self,
+        signal: nix::sys::signal::Signal,
+    ) -> Option<std::process::ExitStatus> {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(pid, signal);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
-                return status.success();
+                return Some(status);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        false
+        None
     }
 }
 

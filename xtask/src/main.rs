@@ -8,6 +8,7 @@
 mod bench_churn;
 mod bench_ebpf;
 mod bench_http;
+mod guest;
 
 use std::{
     env,
@@ -74,6 +75,7 @@ fn main() -> ExitCode {
         "run" => ensure_toolchain().and_then(|()| run(&rest)),
         "test" => setup().and_then(|()| test(&rest)),
         "bless" => bless(),
+        "guest-test" => guest::parse_kernels(&rest).and_then(|kernels| guest::run(&kernels)),
         "bench" => setup()
             .and_then(|()| ensure_packages(BENCH_PACKAGES))
             .and_then(|()| cargo(&["bench", "-p", "horcrux-agent"])),
@@ -125,7 +127,8 @@ fn usage() -> String {
      \x20 build-ebpf   build the eBPF programs\n\
      \x20 build        build the agent (release), eBPF programs embedded\n\
      \x20 run [-- ARGS] build and run the agent as root (via sudo when not root)\n\
-     \x20 test         formatting, clippy and every test (unit, fixture, live, end-to-end, eBPF)\n\
+     \x20 test         formatting, clippy, every test (unit, fixture, live, end-to-end, eBPF) and the guest suite\n\
+     \x20 guest-test [--kernel 6.1|backports|all]  the suite in a QEMU guest: systemd, pure cgroup v2, Debian's kernels (root)\n\
      \x20 bless        regenerate docs/metrics.md and the golden outputs (tests/golden/) after a reviewed change\n\
      \x20 bench        collection-cycle benchmark\n\
      \x20 bench-ebpf [ROUNDS]  overhead of the eBPF programs vs detached and vs libbpf-tools (root)\n\
@@ -387,5 +390,13 @@ fn test(args: &[String]) -> Result {
         }
         test.push("--include-ignored");
     }
-    cargo(&test)
+    cargo(&test)?;
+    // The systemd + cgroup v2 host, with bookworm's kernel (`guest-test --kernel all`
+    // adds backports).
+    if is_root() {
+        guest::run(&[guest::Kernel::Bookworm])
+    } else {
+        eprintln!("xtask: the guest suite (cargo xtask guest-test) needs root: not run");
+        Ok(())
+    }
 }
