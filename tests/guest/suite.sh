@@ -74,6 +74,17 @@ io_stat() { # io_stat ID FIELD: FIELD summed over the scope's devices in io.stat
         awk -F= -v key="$2" '$1 == key { sum += $2 } END { print sum + 0 }'
 }
 
+# settled_writes ID MIB: waits until the scope has written MIB MiB (io.stat), then for
+# two container cycles after the writes ended; $wbytes and $snapshot hold the result.
+settled_writes() {
+    written() { [ "$(io_stat "$1" wbytes)" -ge $(($2 * MIB)) ]; }
+    wait_until 120 written "$1" "$2"
+    sleep 3
+    fresh_snapshot "$1"
+    fresh_snapshot "$1"
+    wbytes=$(io_stat "$1" wbytes)
+}
+
 suite_started=$(cut -d' ' -f1 /proc/uptime)
 info "boot $suite_started s of guest time to multi-user.target"
 info "kernel $(uname -r) cgroup $(stat -fc %T /sys/fs/cgroup)" \
@@ -185,12 +196,7 @@ check sched "eBPF on-CPU $oncpu_usec µs vs cpu.stat $agent_usec µs (5%), $swit
 # O_DIRECT: 64 MiB charged to the writer's cgroup, as io.stat and eBPF count it.
 direct=$(new_id)
 scope "$direct" sh -c 'dd if=/dev/zero of=/var/tmp/direct.bin bs=1M count=64 oflag=direct status=none; exec sleep 3600'
-written_direct() { [ "$(io_stat "$direct" wbytes)" -ge $((64 * MIB)) ]; }
-wait_until 120 written_direct
-sleep 3
-fresh_snapshot "$direct"
-fresh_snapshot "$direct"
-wbytes=$(io_stat "$direct" wbytes)
+settled_writes "$direct" 64
 agent_write=$(echo "$snapshot" | jq .block_write_bytes)
 ebpf_write=$(echo "$snapshot" | jq '.ebpf.blkio.write_bytes // 0')
 source=$(echo "$snapshot" | jq -r .block_io.source)
@@ -203,12 +209,7 @@ check direct-io-ebpf "eBPF $ebpf_write bytes within 1% of 64 MiB and of io.stat 
 # cgroup that dirtied the pages; io.stat and eBPF (the bio's blkcg) agree.
 buffered=$(new_id)
 scope "$buffered" sh -c 'dd if=/dev/zero of=/var/tmp/buffered.bin bs=1M count=32 status=none; sync; exec sleep 3600'
-written_buffered() { [ "$(io_stat "$buffered" wbytes)" -ge $((32 * MIB)) ]; }
-wait_until 120 written_buffered
-sleep 3
-fresh_snapshot "$buffered"
-fresh_snapshot "$buffered"
-wbytes=$(io_stat "$buffered" wbytes)
+settled_writes "$buffered" 32
 ebpf_write=$(echo "$snapshot" | jq '.ebpf.blkio.write_bytes // 0')
 info "writeback io.stat_wbytes $wbytes ebpf $ebpf_write"
 check writeback "eBPF $ebpf_write bytes within 2% of io.stat wbytes $wbytes (32 MiB dirtied)" \
