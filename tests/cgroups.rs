@@ -293,7 +293,7 @@ fn container_collector_over_fixtures_reports_availability_and_state_changes() {
         (docker.block_read_bytes, docker.block_write_bytes),
         (Some(12_288), Some(16_777_216))
     );
-    let devices = &docker.block_io.as_ref().expect("block io").devices;
+    let devices = &docker.usage.block_io.as_ref().expect("block io").devices;
     assert_eq!(
         devices[0].device.as_deref(),
         Some("vda"),

@@ -66,7 +66,7 @@ fn cpu_burner_with_a_half_cpu_quota() {
         .parse()
         .expect("ns");
 
-    let cpu = metrics.cpu.expect("cpu");
+    let cpu = metrics.usage.cpu.expect("cpu");
     let ours_ns = (cpu.usage_seconds_total * 1e9) as u64;
     between(
         "usage vs cpuacct.usage",
@@ -90,7 +90,7 @@ fn cpu_burner_with_a_half_cpu_quota() {
         .expect("nr_throttled");
     assert!(throttling.throttled_periods_total <= kernel_throttled);
     assert_eq!(metrics.state, ContainerState::Running);
-    assert_eq!(metrics.pids.expect("pids").current, 1);
+    assert_eq!(metrics.usage.pids.expect("pids").current, 1);
 }
 
 #[test]
@@ -132,7 +132,7 @@ fn memory_allocation_of_known_size() {
         before.max(after),
     );
     assert_eq!(metrics.memory_limit_bytes, Some(256 * MIB));
-    let memory = metrics.memory.expect("memory");
+    let memory = metrics.usage.memory.expect("memory");
     assert!(memory.anon_bytes >= 96 * MIB, "anon {}", memory.anon_bytes);
     assert!(memory.working_set_bytes >= 96 * MIB && memory.working_set_bytes <= usage);
     assert_eq!(memory.oom_kills_total, Some(0));
@@ -201,7 +201,7 @@ fn direct_io_write_counts_with_a_throttle_rule_and_is_unavailable_without() {
         written.abs_diff(expected) * 100 <= expected,
         "wrote {written} bytes, expected {expected} ± 1%"
     );
-    let block = metrics.block_io.expect("block io");
+    let block = metrics.usage.block_io.expect("block io");
     assert!(
         block.totals.writes_total >= 64,
         "{} write ops",

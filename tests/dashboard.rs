@@ -1,7 +1,11 @@
 //! The web dashboard in a real browser: headless Chromium driven through chromedriver's
 //! W3C WebDriver API. Numbers on the page must change as WebSocket messages arrive,
-//! CPU must rise under load, a container created during the test must appear, the
-//! detail view must open, and the page must fit a phone's width.
+//! CPU must rise under load, a container and a VM started during the test must
+//! appear, their detail views must open (a VM's with per-vCPU bars and steal), and
+//! the page must fit a phone's width.
+// Each #[tokio::test] runs on its own runtime: holding the serial guard across
+// awaits blocks only other tests, which is its purpose.
+#![allow(clippy::await_holding_lock)]
 
 mod common;
 
@@ -289,6 +293,67 @@ async fn a_new_container_appears_and_its_detail_view_opens() {
             .as_str()
             .is_some_and(|text| text.contains("no containers"))
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: runs a KVM guest"]
+async fn a_vm_appears_and_its_detail_shows_per_vcpu_bars_and_steal() {
+    let _serial = horcrux_test_support::vm::serial();
+    let qemu = horcrux_test_support::vm::Qemu::kvm(
+        "hx-dashboard",
+        horcrux_test_support::vm::HALT,
+        2,
+        true,
+    );
+    let (_agent, browser) = dashboard().await;
+    browser
+        .wait_for(
+            "the VM's row",
+            "return document.querySelector('#vms tbody').textContent",
+            |v| v.as_str().is_some_and(|text| text.contains("hx-dashboard")),
+        )
+        .await;
+    browser
+        .run("document.querySelector('#vms tr[data-id=\"hx-dashboard\"]').click()")
+        .await;
+    // Two halting vCPUs (no CPU taken from the other tests): a bar each, sized.
+    let widths = browser
+        .wait_for(
+            "per-vCPU bars",
+            "return [...document.querySelectorAll('#detail-body .vcpu .used')].map((bar) => bar.style.width)",
+            |v| {
+                v.as_array().is_some_and(|bars| {
+                    bars.len() == 2 && bars.iter().all(|w| w.as_str().is_some_and(|w| w.ends_with('%')))
+                })
+            },
+        )
+        .await;
+    let detail = browser
+        .run("return document.querySelector('#detail-body').textContent")
+        .await;
+    let text = detail.as_str().unwrap_or_default();
+    for wanted in ["vCPU 0", "vCPU 1", "steal", "exits", "host RSS"] {
+        assert!(
+            text.contains(wanted),
+            "no {wanted:?} in the VM detail: {text}"
+        );
+    }
+    assert!(
+        browser
+            .run("return document.querySelector('#detail-title').textContent")
+            .await
+            .as_str()
+            .is_some_and(|title| title.contains("qemu")),
+        "{widths}"
+    );
+    drop(qemu);
+    browser
+        .wait_for(
+            "the VM's row to go",
+            "return document.querySelector('#vms tbody').textContent",
+            |v| v.as_str().is_some_and(|text| text.contains("no VMs")),
+        )
+        .await;
 }
 
 /// Serves one HTML page from another origin (a second loopback port), as any web

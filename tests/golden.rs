@@ -158,7 +158,7 @@ fn check_mode(mode: &str) {
     );
     check(
         &format!("{mode}/metrics.txt"),
-        &prometheus::render(Some(&node), &containers, &agent(mode)),
+        &prometheus::render(Some(&node), &containers, &[], &agent(mode)),
     );
     check(
         &format!("{mode}/containers.json"),

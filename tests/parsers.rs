@@ -227,3 +227,46 @@ fn parsers_survive_mutated_captures() {
         }
     }
 }
+
+/// The VM sources' parsers: QEMU command lines (what a VM's owner writes), `stat`,
+/// `schedstat` and `cgroup` of a QEMU process, QMP replies and libvirt stats.
+#[test]
+fn vm_parsers_survive_mutated_inputs() {
+    use horcrux_agent::vm::{libvirt, qemu, qmp};
+    let cmdline = "qemu-system-x86_64 -name guest=web,debug-threads=on -uuid 6a1c0e2e-0000-4000-8000-000000000001 \
+                   -m size=2097152k -smp 2,sockets=2 -accel kvm -qmp unix:/run/q.sock,server=on,wait=off \
+                   -chardev socket,id=mon,path=/tmp/m.sock,server=on -mon chardev=mon,mode=control \
+                   -netdev tap,id=n0,ifname=tap0,script=no";
+    mutations(cmdline, 2000, 0x51_7C_C1_B7, |text| {
+        let args: Vec<String> = text.split(' ').map(str::to_owned).collect();
+        let _ = qemu::parse_args(&args);
+    });
+    let stat = "4242 (qemu-system-x86) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 150 0 0 20 0 7 0 123456 1000000 2048";
+    mutations(stat, 2000, 0x2545_F491, |text| {
+        let _ = qemu::parse_process_stat(text);
+        let _ = qemu::parse_schedstat(text);
+        let _ = qemu::parse_process_cgroups(text);
+    });
+    let blockstats = r##"[{"device": "d0", "node-name": "#block2", "stats": {"rd_bytes": 512, "wr_bytes": 67108864, "rd_operations": 1}}]"##;
+    mutations(blockstats, 2000, 0x9E37_79B9, |text| {
+        if let Ok(value) = serde_json::from_str(text) {
+            let _ = qmp::disks(&value);
+        }
+    });
+    let domstats = "state.state=1\nvcpu.maximum=2\nvcpu.0.time=5\nvcpu.0.exits.sum=3\nblock.count=1\n\
+                    block.0.name=vda\nblock.0.rd.bytes=512\nnet.count=1\nnet.0.name=vnet0\nballoon.current=65536";
+    mutations(domstats, 2000, 0xC2B2_AE35, |text| {
+        let params: Vec<(String, libvirt::Param)> = text
+            .lines()
+            .filter_map(|line| line.split_once('='))
+            .map(|(key, value)| {
+                let value = value
+                    .parse()
+                    .map(libvirt::Param::Number)
+                    .unwrap_or_else(|_| libvirt::Param::Text(value.to_owned()));
+                (key.to_owned(), value)
+            })
+            .collect();
+        let _ = libvirt::LibvirtDomain::from_params("x".into(), "u".into(), &params);
+    });
+}

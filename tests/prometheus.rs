@@ -11,11 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::Agent;
+use common::{Agent, PROMTOOL, promtool_check};
 use horcrux_test_support::cgroup::TestCgroup;
 use serde_json::Value;
 
-const PROMTOOL: &str = "/usr/bin/promtool";
 const PROMETHEUS: &str = "/usr/bin/prometheus";
 
 fn require_prometheus() {
@@ -49,29 +48,6 @@ fn mem_total_bytes() -> u64 {
         .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
         .expect("MemTotal");
     kib * 1024
-}
-
-/// `promtool check metrics` finds nothing to complain about in `text`.
-fn promtool_check(text: &str) {
-    let mut promtool = Command::new(PROMTOOL)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool");
-    std::io::Write::write_all(&mut promtool.stdin.take().expect("stdin"), text.as_bytes())
-        .expect("pipe");
-    let checked = promtool.wait_with_output().expect("promtool output");
-    let complaints = format!(
-        "{}{}",
-        String::from_utf8_lossy(&checked.stdout),
-        String::from_utf8_lossy(&checked.stderr)
-    );
-    assert!(
-        checked.status.success() && complaints.trim().is_empty(),
-        "promtool: {complaints}"
-    );
 }
 
 /// The exposition of a fresh agent after two node cycles and a container cycle.

@@ -6,8 +6,10 @@
 //!    run: CPU per scrape and RSS, and the ratio to ours.
 //! 4. As root: the container collector over 10, 100 and 1,000 Docker-like cgroups
 //!    created in this host's hierarchies: CPU per cycle and resident memory.
+//! 5. As root: the VM collector over 1, 4 and 8 plain QEMU guests under KVM (paused),
+//!    each with a QMP socket: CPU (collector and QMP workers) and wall time per cycle.
 
-use horcrux_test_support::cgroup;
+use horcrux_test_support::{cgroup, vm};
 
 use std::{
     io::{Read, Write},
@@ -21,6 +23,7 @@ use horcrux_agent::{
     collector::{
         containers::ContainerCollector,
         node::{NodeCollector, NodeSources},
+        vms::VmCollector,
     },
 };
 
@@ -189,13 +192,63 @@ fn containers() {
     }
 }
 
+/// CPU time of this whole process (the VM collector's QMP rounds run on workers).
+fn own_process_cpu() -> Duration {
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+        .expect("getrusage");
+    let time =
+        |t: nix::sys::time::TimeVal| Duration::new(t.tv_sec() as u64, t.tv_usec() as u32 * 1000);
+    time(usage.user_time()) + time(usage.system_time())
+}
+
+fn vms() {
+    if !nix::unistd::geteuid().is_root() || !std::path::Path::new("/dev/kvm").exists() {
+        println!("VM collection: not measured (needs root and /dev/kvm)");
+        return;
+    }
+    for (count, qmp) in [(1u32, true), (4, true), (8, true), (8, false)] {
+        let guests: Vec<vm::Qemu> = (0..count)
+            // Paused (-S): the guests' own CPU would otherwise crowd out the collector.
+            .map(|index| vm::Qemu::kvm_with(&format!("bench-{index}"), vm::HALT, 1, qmp, &["-S"]))
+            .collect();
+        let mut collector = VmCollector::new(
+            "/proc",
+            cgroup::hierarchies(),
+            false,
+            Default::default(),
+            None,
+        );
+        let found = collector.collect(0, None).vms.len();
+        let rounds = 20;
+        let (cpu_start, wall_start) = (own_process_cpu(), Instant::now());
+        for _ in 0..rounds {
+            std::hint::black_box(collector.collect(0, None));
+        }
+        let cpu = (own_process_cpu() - cpu_start) / rounds;
+        let wall = wall_start.elapsed() / rounds;
+        println!(
+            "VM collection, {count} QEMU guests {} ({found} found): CPU {cpu:.2?}/cycle ({:.1?}/VM), wall {wall:.2?}/cycle ({:.1?}/VM)",
+            if qmp { "with QMP" } else { "without QMP" },
+            cpu / count,
+            wall / count
+        );
+        drop(guests);
+    }
+}
+
 fn main() {
     // `cargo test --benches` runs this with --bench absent; only measure on `cargo bench`.
     if !std::env::args().any(|arg| arg == "--bench") {
+        return;
+    }
+    // HORCRUX_BENCH_ONLY=vms: the VM part alone.
+    if std::env::var("HORCRUX_BENCH_ONLY").is_ok_and(|part| part == "vms") {
+        vms();
         return;
     }
     in_process();
     let ours = agent();
     node_exporter(ours);
     containers();
+    vms();
 }

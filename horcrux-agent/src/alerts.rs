@@ -56,6 +56,10 @@ pub enum RuleScope {
     Container {
         pattern: Option<String>,
     },
+    /// VMs whose id or name matches the glob.
+    Vm {
+        pattern: Option<String>,
+    },
 }
 
 impl RuleScope {
@@ -63,6 +67,7 @@ impl RuleScope {
         match self {
             Self::Node => Scope::Node,
             Self::Container { .. } => Scope::Container,
+            Self::Vm { .. } => Scope::Vm,
         }
     }
 }
@@ -266,8 +271,11 @@ fn resolve(mut alert: Alert, value: f64, now: u64) -> Alert {
 fn applies(rule: &Rule, target: &Target) -> bool {
     match &rule.scope {
         RuleScope::Node => true,
-        RuleScope::Container { pattern: None } => true,
+        RuleScope::Container { pattern: None } | RuleScope::Vm { pattern: None } => true,
         RuleScope::Container {
+            pattern: Some(pattern),
+        }
+        | RuleScope::Vm {
             pattern: Some(pattern),
         } => glob(pattern, target.id) || target.name.is_some_and(|name| glob(pattern, name)),
     }

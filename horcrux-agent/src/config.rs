@@ -21,6 +21,8 @@ use crate::{
 
 pub const DEFAULT_PATH: &str = "/etc/horcrux/horcrux.toml";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8006";
+/// The system libvirt daemon, as `virsh` connects to it by default as root.
+pub const DEFAULT_LIBVIRT_URI: &str = "qemu:///system";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -34,6 +36,9 @@ pub struct Config {
     pub server: ServerSecurity,
     /// `[ebpf] enabled`: load the eBPF programs (needs CAP_BPF and CAP_PERFMON).
     pub ebpf_enabled: bool,
+    /// `[vms] libvirt_uri`: the libvirt daemon to read, read-only (`None`: `""`,
+    /// libvirt is not read).
+    pub libvirt_uri: Option<String>,
     pub alerts: Vec<Rule>,
 }
 
@@ -95,6 +100,7 @@ impl Default for Config {
             containers: ContainerSettings::default(),
             server: ServerSecurity::default(),
             ebpf_enabled: true,
+            libvirt_uri: Some(DEFAULT_LIBVIRT_URI.to_owned()),
             alerts: Vec::new(),
         }
     }
@@ -127,6 +133,8 @@ struct File {
     server: Server,
     #[serde(default)]
     ebpf: EbpfSection,
+    #[serde(default)]
+    vms: VmsSection,
     #[serde(default)]
     alerts: Vec<AlertSection>,
 }
@@ -181,6 +189,12 @@ struct Server {
 #[serde(deny_unknown_fields)]
 struct EbpfSection {
     enabled: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VmsSection {
+    libvirt_uri: Option<Spanned<String>>,
 }
 
 const INTERVAL_SECONDS: RangeInclusive<u64> = 1..=3600;
@@ -290,6 +304,18 @@ impl Config {
             },
             server: server_security(&file.server, &invalid, &bounded)?,
             ebpf_enabled: file.ebpf.enabled.unwrap_or(defaults.ebpf_enabled),
+            libvirt_uri: match &file.vms.libvirt_uri {
+                None => defaults.libvirt_uri,
+                Some(uri) if uri.get_ref().is_empty() => None,
+                Some(uri) if uri.get_ref().contains('\0') || uri.get_ref().len() > 1024 => {
+                    return Err(invalid(
+                        "vms.libvirt_uri",
+                        uri.span(),
+                        "must be a libvirt URI (no NUL byte, at most 1024 bytes)".into(),
+                    ));
+                }
+                Some(uri) => Some(uri.get_ref().clone()),
+            },
             alerts: file
                 .alerts
                 .iter()
@@ -424,7 +450,7 @@ fn alert_rule(
                 return Err(invalid(
                     "alerts.target",
                     target.span(),
-                    "only applies to scope = \"container\"".into(),
+                    "only applies to scope = \"container\" or \"vm\"".into(),
                 ));
             }
             RuleScope::Node
@@ -435,12 +461,18 @@ fn alert_rule(
                 .as_ref()
                 .map(|target| target.get_ref().clone()),
         },
+        Some("vm") => RuleScope::Vm {
+            pattern: section
+                .target
+                .as_ref()
+                .map(|target| target.get_ref().clone()),
+        },
         Some(other) => {
             let span = section.scope.as_ref().map_or(0..0, Spanned::span);
             return Err(invalid(
                 "alerts.scope",
                 span,
-                format!("must be \"node\" or \"container\" (got {other:?})"),
+                format!("must be \"node\", \"container\" or \"vm\" (got {other:?})"),
             ));
         }
     };
@@ -615,7 +647,7 @@ mod tests {
         let base = "[[alerts]]\nname = \"a\"\nmetric = \"cpu_usage\"\nop = \">\"\nthreshold = 1\n";
         for (extra, key, line) in [
             ("severity = \"loud\"\n", "alerts.severity", "line 6"),
-            ("scope = \"vm\"\n", "alerts.scope", "line 6"),
+            ("scope = \"pod\"\n", "alerts.scope", "line 6"),
             ("target = \"x\"\n", "alerts.target", "line 6"),
             ("oops = 1\n", "oops", "line 6"),
         ] {

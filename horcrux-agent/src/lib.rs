@@ -1,8 +1,9 @@
 //! Horcrux agent: node and container metrics from `/proc`, cgroups and eBPF, served
 //! over REST and WebSocket.
 //!
-//! Data sources: [`procfs`], [`statfs`], [`cgroup`], [`process`], [`ebpf`] (its
-//! [`ebpf::sampler`] publishes the maps to every consumer). Metric model, catalog
+//! Data sources: [`procfs`], [`statfs`], [`cgroup`], [`process`], [`vm`] (QEMU,
+//! QMP, libvirt), [`ebpf`] (its [`ebpf::sampler`] publishes the maps to every
+//! consumer). Metric model, catalog
 //! and rate cache: [`model`], [`catalog`], [`rates`]. Collection schedule and
 //! snapshots: [`collector`]. Consumers of the snapshots: [`recorder`] (into
 //! [`history`] and [`alerts`]), [`http`] (REST, WebSocket [`messages`],
@@ -30,6 +31,7 @@ pub mod rates;
 pub mod recorder;
 pub mod statfs;
 mod systemd;
+pub mod vm;
 
 use std::{
     sync::{Arc, Mutex, atomic::AtomicUsize},
@@ -127,6 +129,7 @@ pub async fn run(
     let alerts = Arc::new(Mutex::new(alerts::AlertEngine::new(config.alerts.clone())));
     let (node_tx, node_rx) = watch::channel(None);
     let (containers_tx, containers_rx) = watch::channel(None);
+    let (vms_tx, vms_rx) = watch::channel(None);
     let (ws_tx, _) = broadcast::channel(ws_buffer(&config));
     let intervals = Arc::new(Intervals::new(
         config.node_metrics_interval,
@@ -153,7 +156,7 @@ pub async fn run(
         config.containers,
         hierarchies.clone(),
         psi_enabled,
-        sampler,
+        Arc::clone(&sampler),
         node_rx.clone(),
         collector::Outputs {
             snapshots: containers_tx,
@@ -161,12 +164,25 @@ pub async fn run(
         },
         Arc::clone(&collectors.containers),
     )?;
+    collector::spawn_vms(
+        Arc::clone(&intervals),
+        config.containers,
+        hierarchies.clone(),
+        psi_enabled,
+        config.libvirt_uri.clone(),
+        sampler,
+        collector::Outputs {
+            snapshots: vms_tx,
+            ws_messages: ws_tx.clone(),
+        },
+        Arc::clone(&collectors.vms),
+    )?;
     recorder::Recorder {
         history: history.clone(),
         alerts: alerts.clone(),
         ws_messages: ws_tx.clone(),
     }
-    .spawn(node_rx.clone(), containers_rx.clone())?;
+    .spawn(node_rx.clone(), containers_rx.clone(), vms_rx.clone())?;
     let allowed_hosts =
         http::security::allowed_hosts(&config.server.allowed_hosts, listener.local_addr()?);
     let max_connections = config.server.max_connections;
@@ -175,6 +191,7 @@ pub async fn run(
         intervals,
         node: node_rx,
         containers: containers_rx,
+        vms: vms_rx,
         ebpf: ebpf_rx,
         ws_messages: ws_tx,
         ws_clients: AtomicUsize::new(0),
@@ -285,6 +302,7 @@ async fn reload_on_sighup(
                     || config.server.max_connections != running.server.max_connections,
             ),
             ("ebpf.enabled", config.ebpf_enabled != running.ebpf_enabled),
+            ("vms.libvirt_uri", config.libvirt_uri != running.libvirt_uri),
         ]
         .into_iter()
         .filter_map(|(key, changed)| changed.then_some(key))

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::{
     alerts::Alert,
     catalog::node::network_rates,
-    model::{ContainerMetrics, ContainerState, NodeMetrics, Runtime},
+    model::{ContainerMetrics, EbpfMetrics, NodeMetrics, VmMetrics},
 };
 
 #[derive(Debug, Serialize)]
@@ -78,12 +78,15 @@ impl<'a> From<&'a NodeMetrics> for NodeMetricsMessage<'a> {
     }
 }
 
-/// The spec's `VmMetrics` message, for a container.
+/// The spec's `VmMetrics` message, for a container or a VM (`runtime` says which:
+/// `docker`, …, or `libvirt`, `qemu`).
 #[derive(Debug, Clone, Serialize)]
 pub struct VmMetricsMessage<'a> {
+    /// `container` or `vm` (beyond the spec: what `vm_id` names).
+    pub kind: &'static str,
     pub vm_id: &'a str,
     pub name: Option<&'a str>,
-    pub runtime: Runtime,
+    pub runtime: &'static str,
     pub cpu_usage: Option<f64>,
     /// % of the memory limit, or of host memory when unlimited (as `docker stats`).
     pub memory_usage: Option<f64>,
@@ -107,11 +110,12 @@ impl<'a> VmMetricsMessage<'a> {
                 .filter(|total| *total > 0)?;
             Some(usage as f64 * 100.0 / total as f64)
         });
-        let ebpf = container.ebpf.as_ref();
+        let ebpf = container.ebpf.as_deref();
         Self {
+            kind: "container",
             vm_id: &container.id,
             name: container.name.as_deref(),
-            runtime: container.runtime,
+            runtime: container.runtime.name(),
             cpu_usage: container.cpu_usage_percent,
             memory_usage,
             memory_usage_bytes: container.memory_usage_bytes,
@@ -119,25 +123,59 @@ impl<'a> VmMetricsMessage<'a> {
             disk_write: container.block_write_bytes,
             network_rx: container.network_rx_bytes,
             network_tx: container.network_tx_bytes,
-            runq_latency_p99_us: ebpf
-                .and_then(|ebpf| ebpf.sched.as_ref())
-                .and_then(|sched| sched.runq_latency_p99_us),
-            block_latency_p99_us: ebpf
-                .and_then(|ebpf| ebpf.blkio.as_ref())
-                .and_then(|blkio| blkio.latency_p99_us),
+            runq_latency_p99_us: runq_p99(ebpf),
+            block_latency_p99_us: block_p99(ebpf),
             timestamp: container.timestamp,
+        }
+    }
+
+    /// A VM's message: memory as % of the guest's configured memory; the eBPF
+    /// figures of its cgroup, when it has one.
+    pub fn from_vm(vm: &'a VmMetrics) -> Self {
+        let ebpf = vm.ebpf.as_deref();
+        Self {
+            kind: "vm",
+            vm_id: &vm.id,
+            name: vm.name.as_deref(),
+            runtime: vm.source.name(),
+            cpu_usage: vm.cpu_usage_percent,
+            memory_usage: vm
+                .memory_usage_bytes
+                .zip(vm.memory_limit_bytes.filter(|limit| *limit > 0))
+                .map(|(usage, limit)| usage as f64 * 100.0 / limit as f64),
+            memory_usage_bytes: vm.memory_usage_bytes,
+            disk_read: vm.block_read_bytes,
+            disk_write: vm.block_write_bytes,
+            network_rx: vm.network_rx_bytes,
+            network_tx: vm.network_tx_bytes,
+            runq_latency_p99_us: runq_p99(ebpf),
+            block_latency_p99_us: block_p99(ebpf),
+            timestamp: vm.timestamp,
         }
     }
 }
 
-/// The spec's `VmStatusChanged` message: a container appeared (`old_status`
-/// `null`), disappeared (`new_status` `null`) or changed state.
+/// The eBPF headline figures: p99 over the last interval.
+fn runq_p99(ebpf: Option<&EbpfMetrics>) -> Option<u64> {
+    ebpf?.sched.as_ref()?.runq_latency_p99_us
+}
+
+fn block_p99(ebpf: Option<&EbpfMetrics>) -> Option<u64> {
+    ebpf?.blkio.as_ref()?.latency_p99_us
+}
+
+/// The spec's `VmStatusChanged` message: a container or VM appeared (`old_status`
+/// `null`), disappeared (`new_status` `null`) or changed state (a container's
+/// `running`, `paused`, `empty`; a VM's `running`, `paused`, `shutdown`,
+/// `shutoff`, `crashed`, `migrating`, …).
 #[derive(Debug, Clone, Serialize)]
 pub struct VmStatusChanged {
+    /// `container` or `vm`.
+    pub kind: &'static str,
     pub vm_id: String,
     pub name: Option<String>,
-    pub runtime: Runtime,
-    pub old_status: Option<ContainerState>,
-    pub new_status: Option<ContainerState>,
+    pub runtime: &'static str,
+    pub old_status: Option<&'static str>,
+    pub new_status: Option<&'static str>,
     pub timestamp: u64,
 }

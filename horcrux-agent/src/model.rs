@@ -221,17 +221,25 @@ pub struct ContainerMetrics {
     /// The user whose rootless container this is (`null`: a root container).
     pub owner_uid: Option<u32>,
     pub timestamp: u64,
-    pub cpu: Option<ContainerCpu>,
-    pub memory: Option<ContainerMemory>,
-    pub block_io: Option<ContainerBlockIo>,
-    pub pids: Option<ContainerPids>,
+    #[serde(flatten)]
+    pub usage: CgroupUsage,
     pub network: Option<ContainerNetwork>,
-    pub pressure: Option<PressureCounters>,
     /// The container's cgroups' eBPF counters (`null` when no program is attached);
     /// boxed: it would otherwise be most of a container's size.
     pub ebpf: Option<Box<EbpfMetrics>>,
     /// Why a family above is `null` (e.g. `"block_io": "cgroup v1 blkio counts …"`).
     pub unavailable: BTreeMap<&'static str, String>,
+}
+
+/// What a cgroup (with its descendants) used: the figures containers and VMs
+/// share. A family is `null` when its controller is missing or unreadable.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CgroupUsage {
+    pub cpu: Option<ContainerCpu>,
+    pub memory: Option<ContainerMemory>,
+    pub block_io: Option<ContainerBlockIo>,
+    pub pids: Option<ContainerPids>,
+    pub pressure: Option<PressureCounters>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -481,4 +489,230 @@ pub struct BlkioDevice {
     #[serde(flatten)]
     pub totals: BlkioTotals,
     pub latency: Histogram,
+}
+
+/// One VM, as `GET /api/vms/{id}/metrics` returns it: the spec's seven fields
+/// first (as for containers; `null` when not measurable), then detail. Guest-side
+/// figures (disks, interfaces, balloon) are the guest's view; host-side ones
+/// (process, cgroup, vCPU threads, eBPF) are what the host spends on it.
+#[derive(Debug, Clone, Serialize)]
+pub struct VmMetrics {
+    /// % of one host CPU used by the QEMU process (all threads) since the previous sample.
+    pub cpu_usage_percent: Option<f64>,
+    /// Host memory the VM holds: the QEMU process's resident set.
+    pub memory_usage_bytes: Option<u64>,
+    /// The guest's configured memory.
+    pub memory_limit_bytes: Option<u64>,
+    /// Summed over the guest's disks (the guest's reads and writes).
+    pub block_read_bytes: Option<u64>,
+    pub block_write_bytes: Option<u64>,
+    /// Summed over the guest's interfaces, as the guest counts them (a tap's
+    /// transmit is the guest's receive).
+    pub network_rx_bytes: Option<u64>,
+    pub network_tx_bytes: Option<u64>,
+    /// The four byte counters above per second since the previous sample.
+    pub rates: Option<VmRates>,
+    /// The libvirt name or QEMU `-name` (else the uuid, else `qemu-<pid>`).
+    pub id: String,
+    pub name: Option<String>,
+    pub uuid: Option<String>,
+    pub source: VmSource,
+    pub state: VmState,
+    /// The QEMU process (`null` when the VM does not run).
+    pub pid: Option<u32>,
+    /// The user whose VM this is (`null`: root's).
+    pub owner_uid: Option<u32>,
+    pub timestamp: u64,
+    pub cpu: Option<VmCpu>,
+    pub memory: Option<VmMemory>,
+    pub disks: Vec<VmDisk>,
+    pub interfaces: Vec<VmInterface>,
+    /// KVM's own statistics summed over the vCPUs (`null` without KVM or a source).
+    pub kvm: Option<KvmStats>,
+    /// The QEMU process as the host sees it.
+    pub process: Option<VmProcess>,
+    /// The VM's own cgroup (libvirt's `machine` slice), when it has one.
+    pub cgroup: Option<VmCgroup>,
+    /// The VM cgroup's eBPF counters (`null` without a cgroup of its own or eBPF).
+    pub ebpf: Option<Box<EbpfMetrics>>,
+    /// Which sources answered for this VM.
+    pub sources: Vec<&'static str>,
+    /// Why a family above is `null`.
+    pub unavailable: BTreeMap<&'static str, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct VmRates {
+    pub block_read_bytes_per_second: f64,
+    pub block_write_bytes_per_second: f64,
+    pub network_rx_bytes_per_second: f64,
+    pub network_tx_bytes_per_second: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmSource {
+    /// A domain of the system libvirt daemon.
+    Libvirt,
+    /// A QEMU process libvirt does not manage.
+    Qemu,
+}
+
+impl VmSource {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Libvirt => "libvirt",
+            Self::Qemu => "qemu",
+        }
+    }
+}
+
+/// libvirt's domain states; QEMU's run states map onto them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmState {
+    Running,
+    Paused,
+    /// The guest is shutting down, or has and its QEMU stays (`-no-shutdown`).
+    Shutdown,
+    /// Defined but not running (or its QEMU process exited).
+    Shutoff,
+    Crashed,
+    Migrating,
+    /// Suspended by guest power management.
+    Pmsuspended,
+    /// Blocked on a resource, or a state the source does not name.
+    Blocked,
+}
+
+impl VmState {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Shutdown => "shutdown",
+            Self::Shutoff => "shutoff",
+            Self::Crashed => "crashed",
+            Self::Migrating => "migrating",
+            Self::Pmsuspended => "pmsuspended",
+            Self::Blocked => "blocked",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VmCpu {
+    /// % of one host CPU, all QEMU threads.
+    pub usage_percent: Option<f64>,
+    pub usage_seconds_total: f64,
+    /// Run time of the vCPU threads, summed.
+    pub vcpu_seconds_total: f64,
+    /// Everything else QEMU ran (emulator, I/O threads): usage − vCPU time.
+    pub emulator_seconds_total: f64,
+    /// Run-queue wait of the vCPU threads summed: the guest's steal, seen from the host.
+    pub steal_seconds_total: f64,
+    /// Steal since the previous sample as % of the vCPUs' wall time (100 = every
+    /// vCPU waited all the time).
+    pub steal_percent: Option<f64>,
+    pub vcpus: Vec<Vcpu>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Vcpu {
+    pub index: u32,
+    pub thread_id: u32,
+    /// On-CPU time of the vCPU thread.
+    pub time_seconds_total: f64,
+    /// Time runnable but waiting for a host CPU (schedstat's run-queue wait).
+    pub wait_seconds_total: f64,
+    pub timeslices_total: u64,
+    /// % of one host CPU since the previous sample.
+    pub usage_percent: Option<f64>,
+    /// Run-queue wait since the previous sample as % of wall time.
+    pub steal_percent: Option<f64>,
+    pub kvm: Option<KvmStats>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VmMemory {
+    pub configured_bytes: Option<u64>,
+    /// What the balloon currently gives the guest.
+    pub balloon_actual_bytes: Option<u64>,
+    /// The QEMU process's resident set.
+    pub rss_bytes: Option<u64>,
+    /// Reported by the guest's balloon driver (`null` when it reports nothing).
+    pub guest: Option<GuestMemory>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct GuestMemory {
+    pub available_bytes: Option<u64>,
+    pub unused_bytes: Option<u64>,
+    pub usable_bytes: Option<u64>,
+    pub disk_caches_bytes: Option<u64>,
+    pub swap_in_bytes_total: Option<u64>,
+    pub swap_out_bytes_total: Option<u64>,
+    pub major_faults_total: Option<u64>,
+    pub minor_faults_total: Option<u64>,
+}
+
+/// One guest disk, as QEMU counts its requests.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct VmDisk {
+    /// libvirt's target (`vda`) or QEMU's drive id / node name.
+    pub device: String,
+    pub read_ops_total: u64,
+    pub write_ops_total: u64,
+    pub flush_ops_total: u64,
+    pub read_bytes_total: u64,
+    pub write_bytes_total: u64,
+    pub read_time_seconds_total: f64,
+    pub write_time_seconds_total: f64,
+    pub flush_time_seconds_total: f64,
+    pub allocation_bytes: Option<u64>,
+    pub capacity_bytes: Option<u64>,
+}
+
+/// One guest NIC's host device (tap/vnet), counted from the guest's side.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VmInterface {
+    pub device: String,
+    #[serde(flatten)]
+    pub counters: NetworkTotals,
+}
+
+/// KVM's statistics (binary stats), the cumulative ones that explain where guest
+/// time goes: exits, halts and halt polling, page faults, interrupts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct KvmStats {
+    pub exits: u64,
+    pub halt_exits: u64,
+    pub io_exits: u64,
+    pub mmio_exits: u64,
+    pub halt_successful_poll: u64,
+    pub halt_attempted_poll: u64,
+    pub halt_wakeup: u64,
+    pub halt_poll_success_ns: u64,
+    pub halt_poll_fail_ns: u64,
+    pub halt_wait_ns: u64,
+    pub pf_fixed: u64,
+    pub irq_injections: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VmProcess {
+    pub cpu_seconds_total: f64,
+    pub rss_bytes: u64,
+    pub threads: u64,
+    /// Bytes the process made the host read and write (`/proc/<pid>/io`).
+    pub read_bytes_total: Option<u64>,
+    pub write_bytes_total: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VmCgroup {
+    /// Relative to the hierarchy root, as for containers.
+    pub path: String,
+    #[serde(flatten)]
+    pub usage: CgroupUsage,
 }

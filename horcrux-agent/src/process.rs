@@ -71,7 +71,7 @@ impl RuntimeProcesses {
             else {
                 continue;
             };
-            let Some(uid) = trusted_runtime_uid(&dir, program) else {
+            let Some(uid) = trusted_executable_uid(&dir, |name| name == program) else {
                 continue;
             };
             let Ok(cmdline) = read_capped(&dir.join("cmdline"), MAX_CMDLINE) else {
@@ -125,13 +125,13 @@ const MAX_CMDLINE: usize = 64 * 1024;
 /// Largest runtime metadata file read (`config.v2.json` is a few KiB).
 pub const MAX_METADATA: usize = 1024 * 1024;
 
-/// The uid a runtime process runs as, if its executable is the real `program`: a
-/// root-owned regular file no one else can write, named `program`. Real and
+/// The uid a process (`dir` = `/proc/<pid>`) runs as, if its executable is a
+/// root-owned regular file no one else can write whose name `accepts`. Real and
 /// effective uid must agree (no set-uid games).
-fn trusted_runtime_uid(dir: &Path, program: &str) -> Option<u32> {
+pub(crate) fn trusted_executable_uid(dir: &Path, accepts: impl Fn(&str) -> bool) -> Option<u32> {
     let exe = std::fs::read_link(dir.join("exe")).ok()?;
     let exe_name = exe.file_name()?.to_str()?;
-    if exe_name.trim_end_matches(" (deleted)") != program {
+    if !accepts(exe_name.trim_end_matches(" (deleted)")) {
         return None;
     }
     let binary = std::fs::metadata(dir.join("exe")).ok()?;
@@ -162,7 +162,7 @@ fn default_docker_root(uid: u32) -> Option<PathBuf> {
 }
 
 /// Reads at most `cap` bytes; a longer file is an error.
-fn read_capped(path: &Path, cap: usize) -> std::io::Result<Vec<u8>> {
+pub(crate) fn read_capped(path: &Path, cap: usize) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let mut bytes = Vec::new();
     std::fs::File::open(path)?
@@ -486,7 +486,7 @@ mod tests {
     fn a_script_named_like_a_runtime_is_not_that_runtime() {
         // This test's own process: its executable is not called dockerd.
         let me = Path::new("/proc/self");
-        assert_eq!(trusted_runtime_uid(me, "dockerd"), None);
+        assert_eq!(trusted_executable_uid(me, |name| name == "dockerd"), None);
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! History and alerts as consumers: they subscribe to the published node and
-//! container snapshots, record the catalog's series of every target in history
+//! History and alerts as consumers: they subscribe to the published node,
+//! container and VM snapshots, record the catalog's series of every target in history
 //! (when enabled), evaluate the alert rules of that scope, and send the alert
 //! messages. Collectors know nothing of either.
 
@@ -44,6 +44,7 @@ impl Recorder {
         self,
         node: Latest<crate::collector::NodeSnapshot>,
         containers: Latest<crate::collector::ContainerSnapshot>,
+        vms: Latest<crate::collector::VmSnapshot>,
     ) -> std::io::Result<()> {
         let recorder = self.clone();
         follow("record-node", node, move |snapshot| {
@@ -58,6 +59,22 @@ impl Recorder {
                 }],
                 snapshot.at,
             );
+        })?;
+        let recorder = self.clone();
+        follow("record-vms", vms, move |snapshot| {
+            let keys: Vec<String> = snapshot.vms.iter().map(catalog::vm::history_key).collect();
+            let targets = snapshot
+                .vms
+                .iter()
+                .zip(&keys)
+                .map(|(vm, key)| Recorded {
+                    key,
+                    id: &vm.id,
+                    name: vm.name.as_deref(),
+                    values: catalog::VM.series_values(vm),
+                })
+                .collect();
+            recorder.record(&catalog::VM, targets, snapshot.at);
         })?;
         follow("record-containers", containers, move |snapshot| {
             let targets = snapshot

@@ -244,3 +244,28 @@ impl Drop for CpuBurner {
         }
     }
 }
+
+pub const PROMTOOL: &str = "/usr/bin/promtool";
+
+/// `promtool check metrics` finds nothing to complain about in `text`.
+pub fn promtool_check(text: &str) {
+    let mut promtool = Command::new(PROMTOOL)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    std::io::Write::write_all(&mut promtool.stdin.take().expect("stdin"), text.as_bytes())
+        .expect("pipe");
+    let checked = promtool.wait_with_output().expect("promtool output");
+    let complaints = format!(
+        "{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    assert!(
+        checked.status.success() && complaints.trim().is_empty(),
+        "promtool: {complaints}"
+    );
+}

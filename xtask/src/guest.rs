@@ -163,6 +163,48 @@ pub fn run(kernels: &[Kernel]) -> Result {
     }
 }
 
+/// Modules the VM tests' guest loads: its disk, its NIC, and the balloon.
+const VM_MODULES: &[&str] = &["virtio_pci", "virtio_blk", "virtio_net", "virtio_balloon"];
+
+/// `cargo xtask vm-image` (root): the kernel and workload initramfs the VM tests
+/// (`tests/vms.rs`) boot, bookworm's kernel with `tests/vm/guest-init.sh` as
+/// `/init`. Kept in the cache and linked as `target/vm-image/{vmlinuz,initrd.img}`,
+/// where the tests look.
+pub fn vm_image() -> Result<PathBuf> {
+    if !is_root() {
+        return Err("vm-image unpacks a kernel package: run it as root".into());
+    }
+    ensure_packages(PACKAGES)?;
+    let cache = cache_dir();
+    create_dir(&cache)?;
+    let kernel = fetch_kernel(Kernel::Bookworm, &cache)?;
+    let script = std::fs::read_to_string(workspace_root().join("tests/vm/guest-init.sh"))
+        .map_err(|error| format!("reading tests/vm/guest-init.sh: {error}"))?;
+    let mut hasher = DefaultHasher::new();
+    (&script, VM_MODULES).hash(&mut hasher);
+    let initrd = kernel
+        .tree
+        .join(format!("vm-initrd-{:016x}.img", hasher.finish()));
+    if !initrd.exists() {
+        build_busybox_initramfs(
+            &kernel.tree,
+            &kernel.version,
+            VM_MODULES,
+            &initrd,
+            |modules| script.replace("@MODULES@", modules),
+        )?;
+    }
+    let target = workspace_root().join("target/vm-image");
+    create_dir(&target)?;
+    for (link, file) in [("vmlinuz", &kernel.vmlinuz), ("initrd.img", &initrd)] {
+        let link = target.join(link);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(file, &link)
+            .map_err(|error| format!("linking {}: {error}", link.display()))?;
+    }
+    Ok(target)
+}
+
 /// One kernel package unpacked: its image, its modules and the initramfs made for it.
 struct KernelFiles {
     version: String,
@@ -260,9 +302,36 @@ fn fetch_kernel(kernel: Kernel, cache: &Path) -> Result<KernelFiles> {
 /// (`crc32c` is what ext4 asks the crypto API for at mount, by module alias.)
 const ROOT_MODULES: &[&str] = &["virtio_pci", "virtio_blk", "crc32c", "ext4"];
 
-/// A busybox initramfs: loads the root filesystem's modules, waits for `/dev/vda`,
-/// mounts it and hands over to systemd.
+/// The initramfs of the systemd guest: loads the root filesystem's modules, waits
+/// for `/dev/vda`, mounts it and hands over to systemd.
 fn build_initramfs(tree: &Path, version: &str, initrd: &Path) -> Result {
+    build_busybox_initramfs(tree, version, ROOT_MODULES, initrd, |modules| {
+        format!(
+            "#!/bin/busybox sh\n\
+             /bin/busybox --install -s /bin\n\
+             mount -t proc proc /proc\n\
+             mount -t sysfs sysfs /sys\n\
+             mount -t devtmpfs devtmpfs /dev\n\
+             for module in {modules}; do insmod /modules/$module; done\n\
+             tries=0\n\
+             while [ ! -b /dev/vda ] && [ $tries -lt 300 ]; do sleep 0.1; tries=$((tries+1)); done\n\
+             mount -t ext4 /dev/vda /root || {{ echo 'initramfs: no root filesystem'; poweroff -f; }}\n\
+             umount /proc /sys\n\
+             mount --move /dev /root/dev\n\
+             exec switch_root /root /sbin/init\n"
+        )
+    })
+}
+
+/// A busybox initramfs with `modules` (and what they depend on) under `/modules`;
+/// `init` gets their names in load order and returns the `/init` script.
+fn build_busybox_initramfs(
+    tree: &Path,
+    version: &str,
+    modules: &[&str],
+    initrd: &Path,
+    init: impl Fn(&str) -> String,
+) -> Result {
     let staging = initrd.with_extension("staging");
     let _ = std::fs::remove_dir_all(&staging);
     for dir in ["bin", "dev", "proc", "sys", "root", "modules"] {
@@ -275,7 +344,7 @@ fn build_initramfs(tree: &Path, version: &str, initrd: &Path) -> Result {
             .arg("-d")
             .arg(tree)
             .args(["-S", version, "-a", "--show-depends"])
-            .args(ROOT_MODULES),
+            .args(modules),
     )?;
     let mut order = Vec::new();
     for line in depends.lines() {
@@ -311,21 +380,7 @@ fn build_initramfs(tree: &Path, version: &str, initrd: &Path) -> Result {
         }
         order.push(name);
     }
-    let init = format!(
-        "#!/bin/busybox sh\n\
-         /bin/busybox --install -s /bin\n\
-         mount -t proc proc /proc\n\
-         mount -t sysfs sysfs /sys\n\
-         mount -t devtmpfs devtmpfs /dev\n\
-         for module in {}; do insmod /modules/$module; done\n\
-         tries=0\n\
-         while [ ! -b /dev/vda ] && [ $tries -lt 300 ]; do sleep 0.1; tries=$((tries+1)); done\n\
-         mount -t ext4 /dev/vda /root || {{ echo 'initramfs: no root filesystem'; poweroff -f; }}\n\
-         umount /proc /sys\n\
-         mount --move /dev /root/dev\n\
-         exec switch_root /root /sbin/init\n",
-        order.join(" ")
-    );
+    let init = init(&order.join(" "));
     write_file(&staging.join("init"), &init, 0o755)?;
     let archive = Command::new("sh")
         .arg("-c")

@@ -35,6 +35,10 @@ const TEST_PACKAGES: &[&str] = &[
     "busybox-static",
     "docker.io",
     "podman",
+    "qemu-system-x86",
+    "libvirt-daemon-system",
+    "libvirt-daemon-system-sysv",
+    "libvirt-clients",
     "runc",
     "lxc",
     "prometheus",
@@ -76,6 +80,7 @@ fn main() -> ExitCode {
         "test" => setup().and_then(|()| test(&rest)),
         "bless" => bless(),
         "guest-test" => guest::parse_kernels(&rest).and_then(|kernels| guest::run(&kernels)),
+        "vm-image" => guest::vm_image().map(|dir| println!("{}", dir.display())),
         "bench" => setup()
             .and_then(|()| ensure_packages(BENCH_PACKAGES))
             .and_then(|()| cargo(&["bench", "-p", "horcrux-agent"])),
@@ -129,6 +134,7 @@ fn usage() -> String {
      \x20 run [-- ARGS] build and run the agent as root (via sudo when not root)\n\
      \x20 test         formatting, clippy, every test (unit, fixture, live, end-to-end, eBPF) and the guest suite\n\
      \x20 guest-test [--kernel 6.1|backports|all]  the suite in a QEMU guest: systemd, pure cgroup v2, Debian's kernels (root)\n\
+     \x20 vm-image     the kernel and workload initramfs the VM tests boot (root; cargo xtask test builds it)\n\
      \x20 bless        regenerate docs/metrics.md and the golden outputs (tests/golden/) after a reviewed change\n\
      \x20 bench        collection-cycle benchmark\n\
      \x20 bench-ebpf [ROUNDS]  overhead of the eBPF programs vs detached and vs libbpf-tools (root)\n\
@@ -383,8 +389,9 @@ fn test(args: &[String]) -> Result {
     let mut test = vec!["test", "--workspace"];
     test.extend(args.iter().map(String::as_str));
     // Root-only tests are `#[ignore = "needs root: …"]`: a non-root run lists them
-    // as ignored; as root (CI) they run too.
+    // as ignored; as root (CI) they run too, the VM tests with their guest image.
     if is_root() {
+        guest::vm_image()?;
         if !args.iter().any(|arg| arg == "--") {
             test.push("--");
         }

@@ -4,19 +4,22 @@
 //! alert metrics (the families with a series name), and `docs/metrics.md`
 //! ([`markdown`]). Adding a metric means one declaration here plus its source.
 //!
-//! One file per model scope: [`node`], [`container`], [`ebpf`] (shared by node
-//! and containers), [`agent`].
+//! One file per model scope: [`node`], [`container`], [`vm`], [`agent`]; and the
+//! families scopes share: [`cgroup`] (containers and VMs), [`ebpf`] (node,
+//! containers and VMs).
 
 pub mod agent;
+pub mod cgroup;
 pub mod container;
 pub mod ebpf;
 pub mod node;
+pub mod vm;
 
 use std::fmt::Write;
 
 use serde::Serialize;
 
-use crate::model::{ContainerMetrics, EbpfMetrics, Histogram, NodeMetrics};
+use crate::model::{CgroupUsage, ContainerMetrics, EbpfMetrics, Histogram, NodeMetrics, VmMetrics};
 
 /// What a metric describes: the node, one container, or the agent itself. History
 /// series, alert rules and their targets are kept per scope.
@@ -25,6 +28,7 @@ use crate::model::{ContainerMetrics, EbpfMetrics, Histogram, NodeMetrics};
 pub enum Scope {
     Node,
     Container,
+    Vm,
     Agent,
 }
 
@@ -33,6 +37,7 @@ impl Scope {
         match self {
             Self::Node => "node",
             Self::Container => "container",
+            Self::Vm => "vm",
             Self::Agent => "agent",
         }
     }
@@ -247,6 +252,8 @@ pub struct Catalog<T: 'static> {
     pub identity: &'static [&'static str],
     pub identify: for<'a> fn(&'a T) -> Vec<&'a str>,
     pub families: &'static [Family<T>],
+    /// The scope's cgroup families ([`cgroup::FAMILIES`]), when it has them.
+    pub cgroup: Option<for<'a> fn(&'a T) -> Option<&'a CgroupUsage>>,
     /// The scope's eBPF families ([`ebpf::FAMILIES`]), when it has them.
     pub ebpf: Option<for<'a> fn(&'a T) -> Option<&'a EbpfMetrics>>,
 }
@@ -273,6 +280,7 @@ pub static NODE: Catalog<NodeMetrics> = Catalog {
     identity: &[],
     identify: |_| Vec::new(),
     families: node::FAMILIES,
+    cgroup: None,
     ebpf: Some(|node| node.ebpf.as_ref()),
 };
 
@@ -288,7 +296,24 @@ pub static CONTAINER: Catalog<ContainerMetrics> = Catalog {
         ]
     },
     families: container::FAMILIES,
+    cgroup: Some(|container| Some(&container.usage)),
     ebpf: Some(|container| container.ebpf.as_deref()),
+};
+
+pub static VM: Catalog<VmMetrics> = Catalog {
+    scope: Scope::Vm,
+    prefix: "horcrux_vm_",
+    identity: &["id", "name", "source"],
+    identify: |vm| {
+        vec![
+            vm.id.as_str(),
+            vm.name.as_deref().unwrap_or(""),
+            vm.source.name(),
+        ]
+    },
+    families: vm::FAMILIES,
+    cgroup: Some(|vm| vm.cgroup.as_ref().map(|cgroup| &cgroup.usage)),
+    ebpf: Some(|vm| vm.ebpf.as_deref()),
 };
 
 pub static AGENT: Catalog<agent::AgentView> = Catalog {
@@ -297,6 +322,7 @@ pub static AGENT: Catalog<agent::AgentView> = Catalog {
     identity: &[],
     identify: |_| Vec::new(),
     families: agent::FAMILIES,
+    cgroup: None,
     ebpf: None,
 };
 
@@ -305,6 +331,7 @@ pub fn series_names(scope: Scope) -> Vec<&'static str> {
     match scope {
         Scope::Node => NODE.series_names().collect(),
         Scope::Container => CONTAINER.series_names().collect(),
+        Scope::Vm => VM.series_names().collect(),
         Scope::Agent => AGENT.series_names().collect(),
     }
 }
@@ -325,15 +352,24 @@ pub fn markdown() -> String {
          Prometheus names are served at `/metrics`; series names are what \
          `GET …/history?metric=` and alert rules (`[[alerts]] metric`) accept.\n\n\
          Histograms are exported as `_bucket` (with `le` in seconds), `_sum` and \
-         `_count`. Container samples also carry `id`, `name` and `runtime`. \
+         `_count`. Container samples also carry `id`, `name` and `runtime`; VM samples \
+         `id`, `name` and `source`. \
          Where each figure comes from and how it is computed: [sources.md](sources.md).\n",
     );
     markdown_scope(&mut out, "Node", &NODE);
     markdown_scope(&mut out, "Containers", &CONTAINER);
+    markdown_scope(&mut out, "VMs", &VM);
     let _ = write!(
         out,
-        "\n## eBPF (node and containers)\n\nExported as `horcrux_node_<name>` (node \
-         totals) and `horcrux_container_<name>` (per container).\n\n"
+        "\n## Cgroups (containers and VMs)\n\nExported as `horcrux_container_<name>` \
+         (per container) and `horcrux_vm_<name>` (per VM with a cgroup of its own).\n\n"
+    );
+    markdown_table(&mut out, "", cgroup::FAMILIES);
+    let _ = write!(
+        out,
+        "\n## eBPF (node, containers and VMs)\n\nExported as `horcrux_node_<name>` (node \
+         totals), `horcrux_container_<name>` (per container) and `horcrux_vm_<name>` \
+         (per VM with a cgroup of its own).\n\n"
     );
     markdown_table(&mut out, "", ebpf::FAMILIES);
     markdown_scope(&mut out, "Agent", &AGENT);
@@ -399,10 +435,16 @@ mod tests {
                 .iter()
                 .map(|f| (f.prometheus, f.kind, f.labels))
         });
+        let cgroup = catalog.cgroup.map(|_| {
+            cgroup::FAMILIES
+                .iter()
+                .map(|f| (f.prometheus, f.kind, f.labels))
+        });
         let families = catalog
             .families
             .iter()
             .map(|f| (f.prometheus, f.kind, f.labels))
+            .chain(cgroup.into_iter().flatten())
             .chain(ebpf.into_iter().flatten());
         for (name, kind, labels) in families {
             let Some(name) = name else { continue };
@@ -439,8 +481,44 @@ mod tests {
         let mut names = HashSet::new();
         check(&NODE, &mut names);
         check(&CONTAINER, &mut names);
+        check(&VM, &mut names);
         check(&AGENT, &mut names);
         assert!(names.len() > 80, "{}", names.len());
+    }
+
+    #[test]
+    fn the_grafana_dashboard_queries_only_declared_metrics() {
+        let mut names = HashSet::new();
+        check(&NODE, &mut names);
+        check(&CONTAINER, &mut names);
+        check(&VM, &mut names);
+        check(&AGENT, &mut names);
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../grafana/horcrux-dashboard.json"
+        );
+        let dashboard = std::fs::read_to_string(path).expect("grafana dashboard");
+        let mut queried = 0;
+        for (at, _) in dashboard.match_indices("horcrux_") {
+            let name: String = dashboard[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .filter(|family| names.contains(*family))
+                .unwrap_or(&name);
+            if family == "horcrux_node" || family == "horcrux_" {
+                continue; // the dashboard's uid and title words
+            }
+            assert!(
+                names.contains(family),
+                "the dashboard queries {name}, which no family declares"
+            );
+            queried += 1;
+        }
+        assert!(queried > 20, "{queried}");
     }
 
     #[test]

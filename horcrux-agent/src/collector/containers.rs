@@ -16,23 +16,21 @@ use crate::{
     cgroup::{
         discovery::{self, DiscoveredContainer},
         files::DeviceIo,
-        inodes::nearest_ancestor,
         stats::{BlockIoCounters, CgroupReader, ContainerCounters},
     },
     collector::{
-        ebpf::{EbpfIntervals, ebpf_metrics},
+        cgroup::{CgroupRates, available},
+        ebpf::{EbpfIntervals, ebpf_metrics, ebpf_shares},
         network_totals,
     },
     ebpf::counters::{DeviceOpCounters, EbpfCounters},
     health::CollectorHealth,
     messages::VmStatusChanged,
     model::{
-        BlockIoTotals, ContainerBlockIo, ContainerCpu, ContainerDeviceIo, ContainerMemory,
-        ContainerMetrics, ContainerNetwork, ContainerPids, ContainerState, ContainerThrottling,
-        NetworkMetrics, NetworkTotals, Runtime,
+        ContainerMetrics, ContainerNetwork, ContainerState, NetworkMetrics, NetworkTotals, Runtime,
     },
     process::{self, RuntimeNames},
-    procfs::{TextReader, diskstats, netdev},
+    procfs::{TextReader, netdev},
     rates::{Decrease, RateTracker},
 };
 
@@ -92,10 +90,7 @@ pub struct ContainerCollector {
     /// The agent's own network namespace: the one the node metrics describe.
     host_netns: Option<u64>,
     names: RuntimeNames,
-    /// usage, user, system CPU nanoseconds, by cgroup path.
-    cpu_time: RateTracker<String, 3>,
-    /// read bytes, write bytes, by cgroup path.
-    block_bytes: RateTracker<String, 2>,
+    cgroup_rates: CgroupRates,
     /// rx bytes, tx bytes, by cgroup path (each container is credited its
     /// namespace's traffic).
     network_bytes: RateTracker<String, 2>,
@@ -105,13 +100,6 @@ pub struct ContainerCollector {
     /// The last report's refusals, to log when they change (not every cycle).
     last_refusals: (u64, u64, usize),
     pub health: CollectorHealth,
-}
-
-/// One container's share of the eBPF counters: its cgroup and every descendant.
-#[derive(Debug, Default)]
-struct ContainerEbpf {
-    sched: Option<horcrux_common::SchedCounters>,
-    block: Option<Vec<DeviceOpCounters>>,
 }
 
 /// One cycle's result.
@@ -136,8 +124,7 @@ impl ContainerCollector {
             proc: TextReader::new(proc_root.clone()),
             proc_root,
             reader,
-            cpu_time: RateTracker::new(Decrease::Reset),
-            block_bytes: RateTracker::new(Decrease::Reset),
+            cgroup_rates: CgroupRates::default(),
             network_bytes: RateTracker::new(Decrease::Reset),
             states: HashMap::new(),
             ebpf_intervals: HashMap::new(),
@@ -159,13 +146,17 @@ impl ContainerCollector {
                 .iter()
                 .map(|container| container.relative_path.as_str()),
         );
-        let device_names = self.device_names(timestamp);
+        let device_names =
+            super::device_names(&mut self.proc, &mut self.health, COLLECTOR, timestamp);
         let now = Instant::now();
-        self.cpu_time.begin(now);
-        self.block_bytes.begin(now);
+        self.cgroup_rates.begin(now);
         self.network_bytes.begin(now);
         let mut namespaces: HashMap<u64, Option<Vec<netdev::NetDevStat>>> = HashMap::new();
-        let mut ebpf_shares = ebpf_per_container(ebpf, &discovered);
+        let paths: Vec<&str> = discovered
+            .iter()
+            .map(|container| container.relative_path.as_str())
+            .collect();
+        let mut ebpf_shares = ebpf_shares(ebpf, &paths);
         if !self.ebpf_intervals.is_empty() {
             let current: HashSet<&str> = discovered
                 .iter()
@@ -264,117 +255,35 @@ impl ContainerCollector {
     fn metrics(
         &mut self,
         container: DiscoveredContainer,
-        counters: ContainerCounters,
+        mut counters: ContainerCounters,
         network: Result<ContainerNetwork, String>,
         ebpf: Option<Box<crate::model::EbpfMetrics>>,
         device_names: &HashMap<(u32, u32), String>,
         timestamp: u64,
     ) -> ContainerMetrics {
         let mut unavailable = BTreeMap::new();
-        let cpu = available(&mut unavailable, "cpu", counters.cpu).map(|cpu| {
-            let rates = self
-                .cpu_time
-                .observe(
-                    container.relative_path.clone(),
-                    [
-                        cpu.usage_ns,
-                        cpu.user_ns.unwrap_or(0),
-                        cpu.system_ns.unwrap_or(0),
-                    ],
-                )
-                .map(|deltas| deltas.per_second().map(|ns_per_second| ns_per_second / 1e7));
-            let seconds = |ns: u64| ns as f64 / 1e9;
-            ContainerCpu {
-                usage_percent: rates.map(|[usage, _, _]| usage),
-                user_percent: rates
-                    .filter(|_| cpu.user_ns.is_some())
-                    .map(|[_, user, _]| user),
-                system_percent: rates
-                    .filter(|_| cpu.system_ns.is_some())
-                    .map(|[_, _, system]| system),
-                usage_seconds_total: seconds(cpu.usage_ns),
-                user_seconds_total: cpu.user_ns.map(seconds),
-                system_seconds_total: cpu.system_ns.map(seconds),
-                limit_cores: cpu.limit_cores,
-                throttling: cpu.throttling.map(|throttling| ContainerThrottling {
-                    periods_total: throttling.periods,
-                    throttled_periods_total: throttling.throttled_periods,
-                    throttled_seconds_total: seconds(throttling.throttled_ns),
-                }),
-            }
-        });
-        let memory =
-            available(&mut unavailable, "memory", counters.memory).map(|memory| ContainerMemory {
-                usage_bytes: memory.usage,
-                limit_bytes: memory.limit,
-                working_set_bytes: memory.working_set(),
-                anon_bytes: memory.anon,
-                file_bytes: memory.file,
-                active_file_bytes: memory.active_file,
-                inactive_file_bytes: memory.inactive_file,
-                kernel_bytes: memory.kernel,
-                slab_bytes: memory.slab,
-                swap_bytes: memory.swap,
-                oom_events_total: memory.oom_events,
-                oom_kills_total: memory.oom_kills,
-                limit_hits_total: memory.limit_hits,
-            });
-        let block_io = available(&mut unavailable, "block_io", counters.block_io).map(|block| {
-            let devices: Vec<ContainerDeviceIo> = block
-                .devices
-                .iter()
-                .map(|io| ContainerDeviceIo {
-                    device: device_names.get(&(io.major, io.minor)).cloned(),
-                    major: io.major,
-                    minor: io.minor,
-                    counters: block_io_totals(io),
-                })
-                .collect();
-            let totals = devices
-                .iter()
-                .fold(BlockIoTotals::default(), |sum, device| {
-                    let d = &device.counters;
-                    BlockIoTotals {
-                        read_bytes_total: sum.read_bytes_total + d.read_bytes_total,
-                        write_bytes_total: sum.write_bytes_total + d.write_bytes_total,
-                        discard_bytes_total: sum.discard_bytes_total + d.discard_bytes_total,
-                        reads_total: sum.reads_total + d.reads_total,
-                        writes_total: sum.writes_total + d.writes_total,
-                        discards_total: sum.discards_total + d.discards_total,
-                    }
-                });
-            let rates = self
-                .block_bytes
-                .observe(
-                    container.relative_path.clone(),
-                    [totals.read_bytes_total, totals.write_bytes_total],
-                )
-                .map(|deltas| deltas.per_second());
-            ContainerBlockIo {
-                source: block.source,
-                totals,
-                read_bytes_per_second: rates.map(|[read, _]| read),
-                write_bytes_per_second: rates.map(|[_, write]| write),
-                devices,
-            }
-        });
-        let pids = available(&mut unavailable, "pids", counters.pids).map(|pids| ContainerPids {
-            current: pids.current,
-            limit: pids.limit,
-        });
+        let usage = self.cgroup_rates.usage(
+            &container.relative_path,
+            &mut counters,
+            device_names,
+            &mut unavailable,
+        );
         let network = available(&mut unavailable, "network", network);
-        let pressure = available(&mut unavailable, "pressure", counters.pressure);
         let state = match (counters.frozen, counters.processes.is_empty()) {
             (true, _) => ContainerState::Paused,
             (false, true) => ContainerState::Empty,
             (false, false) => ContainerState::Running,
         };
         ContainerMetrics {
-            cpu_usage_percent: cpu.as_ref().and_then(|cpu| cpu.usage_percent),
-            memory_usage_bytes: memory.as_ref().map(|memory| memory.usage_bytes),
-            memory_limit_bytes: memory.as_ref().and_then(|memory| memory.limit_bytes),
-            block_read_bytes: block_io.as_ref().map(|block| block.totals.read_bytes_total),
-            block_write_bytes: block_io
+            cpu_usage_percent: usage.cpu.as_ref().and_then(|cpu| cpu.usage_percent),
+            memory_usage_bytes: usage.memory.as_ref().map(|memory| memory.usage_bytes),
+            memory_limit_bytes: usage.memory.as_ref().and_then(|memory| memory.limit_bytes),
+            block_read_bytes: usage
+                .block_io
+                .as_ref()
+                .map(|block| block.totals.read_bytes_total),
+            block_write_bytes: usage
+                .block_io
                 .as_ref()
                 .map(|block| block.totals.write_bytes_total),
             network_rx_bytes: network
@@ -391,12 +300,8 @@ impl ContainerCollector {
             pod: container.pod,
             cgroup: format!("/{}", container.relative_path),
             timestamp,
-            cpu,
-            memory,
-            block_io,
-            pids,
+            usage,
             network,
-            pressure,
             ebpf,
             unavailable,
         }
@@ -482,22 +387,6 @@ impl ContainerCollector {
         })
     }
 
-    /// Block device names by major:minor, for per-device container I/O.
-    fn device_names(&mut self, timestamp: u64) -> HashMap<(u32, u32), String> {
-        match self.proc.read("diskstats", diskstats::parse) {
-            Ok(disks) => disks
-                .into_iter()
-                .map(|disk| ((disk.major, disk.minor), disk.name))
-                .collect(),
-            Err(error) => {
-                let source = error.path().display().to_string();
-                self.health
-                    .record_error(COLLECTOR, &source, error.to_string(), timestamp);
-                HashMap::new()
-            }
-        }
-    }
-
     fn state_changes(
         &mut self,
         containers: &[ContainerMetrics],
@@ -512,11 +401,12 @@ impl ContainerCollector {
                 .map(|(state, ..)| state);
             if old != Some(container.state) {
                 changes.push(VmStatusChanged {
+                    kind: "container",
                     vm_id: container.id.clone(),
                     name: container.name.clone(),
-                    runtime: container.runtime,
-                    old_status: old,
-                    new_status: Some(container.state),
+                    runtime: container.runtime.name(),
+                    old_status: old.map(ContainerState::name),
+                    new_status: Some(container.state.name()),
                     timestamp,
                 });
             }
@@ -533,10 +423,11 @@ impl ContainerCollector {
         // Whatever is left was not seen this cycle: gone.
         for (_, (state, id, name, runtime)) in self.states.drain() {
             changes.push(VmStatusChanged {
+                kind: "container",
                 vm_id: id,
                 name,
-                runtime,
-                old_status: Some(state),
+                runtime: runtime.name(),
+                old_status: Some(state.name()),
                 new_status: None,
                 timestamp,
             });
@@ -597,61 +488,6 @@ fn admit(
     (admitted, report)
 }
 
-/// Each container's share of the eBPF counters, in `discovered` order: a cgroup's
-/// counters go to the container whose cgroup is it or its nearest ancestor. A
-/// family the programs do not count stays `None`; an attached one starts at zero.
-fn ebpf_per_container(
-    ebpf: Option<&EbpfCounters>,
-    discovered: &[DiscoveredContainer],
-) -> Vec<ContainerEbpf> {
-    let mut shares: Vec<ContainerEbpf> = discovered
-        .iter()
-        .map(|_| ContainerEbpf {
-            sched: ebpf
-                .and_then(|ebpf| ebpf.sched.as_ref())
-                .map(|_| horcrux_common::SchedCounters::ZERO),
-            block: ebpf
-                .and_then(|ebpf| ebpf.block.as_ref())
-                .map(|_| Vec::new()),
-        })
-        .collect();
-    let Some(ebpf) = ebpf else {
-        return shares;
-    };
-    let positions: HashMap<&str, usize> = discovered
-        .iter()
-        .enumerate()
-        .map(|(position, container)| (container.relative_path.as_str(), position))
-        .collect();
-    for (path, counters) in ebpf.sched.iter().flat_map(|sched| &sched.by_cgroup) {
-        if let Some(&position) = nearest_ancestor(&positions, path)
-            && let Some(sched) = &mut shares[position].sched
-        {
-            sched.add(counters);
-        }
-    }
-    for (path, entries) in ebpf.block.iter().flat_map(|block| &block.by_cgroup) {
-        if let Some(&position) = nearest_ancestor(&positions, path)
-            && let Some(block) = &mut shares[position].block
-        {
-            block.extend_from_slice(entries);
-        }
-    }
-    shares
-}
-
-/// Per-device block I/O in the cgroup readers' shape, from eBPF request counters.
-fn block_io_totals(io: &DeviceIo) -> BlockIoTotals {
-    BlockIoTotals {
-        read_bytes_total: io.read_bytes,
-        write_bytes_total: io.write_bytes,
-        discard_bytes_total: io.discard_bytes,
-        reads_total: io.reads,
-        writes_total: io.writes,
-        discards_total: io.discards,
-    }
-}
-
 fn block_io_from_ebpf(entries: &[DeviceOpCounters]) -> BlockIoCounters {
     let mut devices: BTreeMap<u32, DeviceIo> = BTreeMap::new();
     for entry in entries {
@@ -687,17 +523,6 @@ fn block_io_from_ebpf(entries: &[DeviceOpCounters]) -> BlockIoCounters {
         source: "ebpf",
         devices: devices.into_values().collect(),
     }
-}
-
-/// Records why a family is missing and turns the result into an option.
-fn available<T>(
-    unavailable: &mut BTreeMap<&'static str, String>,
-    family: &'static str,
-    result: Result<T, String>,
-) -> Option<T> {
-    result
-        .map_err(|reason| unavailable.insert(family, reason))
-        .ok()
 }
 
 #[cfg(test)]

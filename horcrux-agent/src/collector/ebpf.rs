@@ -9,7 +9,8 @@ use horcrux_common::{
 };
 
 use crate::{
-    ebpf::counters::DeviceOpCounters,
+    cgroup::inodes::nearest_ancestor,
+    ebpf::counters::{DeviceOpCounters, EbpfCounters},
     model::{
         BlkioDevice, BlkioMetrics, BlkioTotals, EbpfMetrics, Histogram, HistogramBucket,
         SchedMetrics,
@@ -251,4 +252,52 @@ mod tests {
         assert_eq!(vda.device.as_deref(), Some("vda"));
         assert_eq!((vda.totals.read_ops, vda.latency.count), (2, 3));
     }
+}
+
+/// One target's share of the eBPF counters: its cgroup and every descendant.
+#[derive(Debug, Default)]
+pub struct CgroupEbpf {
+    pub sched: Option<SchedCounters>,
+    pub block: Option<Vec<DeviceOpCounters>>,
+}
+
+/// Each target's share of the eBPF counters, in `paths` order (cgroup paths
+/// relative to the hierarchy root): a cgroup's counters go to the target whose
+/// cgroup is it or its nearest ancestor. A family the programs do not count stays
+/// `None`; an attached one starts at zero.
+pub fn ebpf_shares(ebpf: Option<&EbpfCounters>, paths: &[&str]) -> Vec<CgroupEbpf> {
+    let mut shares: Vec<CgroupEbpf> = paths
+        .iter()
+        .map(|_| CgroupEbpf {
+            sched: ebpf
+                .and_then(|ebpf| ebpf.sched.as_ref())
+                .map(|_| SchedCounters::ZERO),
+            block: ebpf
+                .and_then(|ebpf| ebpf.block.as_ref())
+                .map(|_| Vec::new()),
+        })
+        .collect();
+    let Some(ebpf) = ebpf else {
+        return shares;
+    };
+    let positions: HashMap<&str, usize> = paths
+        .iter()
+        .enumerate()
+        .map(|(position, path)| (*path, position))
+        .collect();
+    for (path, counters) in ebpf.sched.iter().flat_map(|sched| &sched.by_cgroup) {
+        if let Some(&position) = nearest_ancestor(&positions, path)
+            && let Some(sched) = &mut shares[position].sched
+        {
+            sched.add(counters);
+        }
+    }
+    for (path, entries) in ebpf.block.iter().flat_map(|block| &block.by_cgroup) {
+        if let Some(&position) = nearest_ancestor(&positions, path)
+            && let Some(block) = &mut shares[position].block
+        {
+            block.extend_from_slice(entries);
+        }
+    }
+    shares
 }

@@ -1,7 +1,9 @@
-//! Collection schedule. Two threads, each on its own interval:
+//! Collection schedule. Three threads, each on its own interval:
 //! - node (every `node_metrics_interval`): `/proc`, filesystems, eBPF node totals;
 //! - containers (every `vm_metrics_interval`): cgroup discovery and per-container
-//!   counters, eBPF per-cgroup counters.
+//!   counters, eBPF per-cgroup counters;
+//! - VMs (every `vm_metrics_interval`): QEMU processes, libvirt, QMP, vCPU threads,
+//!   the VMs' cgroups; between cycles it follows VM state changes every second.
 //!
 //! Each samples the eBPF maps itself at the start of its cycle
 //! ([`crate::ebpf::sampler`]), so its interval figures cover its own interval.
@@ -10,10 +12,12 @@
 //! messages (tokio `broadcast`, fanned out to clients). Readers never trigger
 //! collection and cannot slow it down.
 
+pub mod cgroup;
 pub mod containers;
 pub mod ebpf;
 pub mod node;
 pub mod supervisor;
+pub mod vms;
 
 use std::{
     sync::{
@@ -62,12 +66,29 @@ pub struct ContainerSnapshot {
     pub at: Stamp,
 }
 
+/// What one VM cycle publishes (and republishes when a VM's state changes
+/// between cycles).
+#[derive(Debug, Clone)]
+pub struct VmSnapshot {
+    pub vms: Vec<crate::model::VmMetrics>,
+    pub sources: vms::VmSourcesStatus,
+    pub health: CollectorHealth,
+    pub at: Stamp,
+}
+
 pub type Latest<T> = watch::Receiver<Option<Arc<T>>>;
 
 /// Where a collector publishes each cycle.
 pub struct Outputs<T> {
     pub snapshots: watch::Sender<Option<Arc<T>>>,
     pub ws_messages: broadcast::Sender<Utf8Bytes>,
+}
+
+impl<T: Clone> Outputs<T> {
+    /// Publishes a copy of `snapshot` (which the caller keeps to update).
+    fn publish_shared(&self, snapshot: &T, messages: impl IntoIterator<Item = Utf8Bytes>) {
+        self.publish(snapshot.clone(), messages);
+    }
 }
 
 impl<T> Outputs<T> {
@@ -84,6 +105,7 @@ impl<T> Outputs<T> {
 #[derive(Debug)]
 pub struct Intervals {
     pub node: AtomicU64,
+    /// Containers and VMs.
     pub containers: AtomicU64,
 }
 
@@ -244,6 +266,92 @@ pub fn spawn_containers(
     })
 }
 
+/// Runs the VM collector on its own supervised thread: a full cycle every
+/// `vm_metrics_interval`, and between cycles the state watch, whose changes are
+/// sent and republished at once.
+#[allow(clippy::too_many_arguments)]
+pub fn spawn_vms(
+    intervals: Arc<Intervals>,
+    settings: ContainerSettings,
+    hierarchies: Hierarchies,
+    psi_enabled: bool,
+    libvirt_uri: Option<String>,
+    ebpf: Arc<EbpfSampler>,
+    outputs: Outputs<VmSnapshot>,
+    status: Arc<CollectorStatus>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let supervised = Arc::clone(&status);
+    supervisor::spawn("vms", supervised, move || {
+        let mut collector = vms::VmCollector::new(
+            "/proc",
+            hierarchies.clone(),
+            psi_enabled,
+            settings,
+            libvirt_uri.as_deref(),
+        );
+        let mut next_cycle = Instant::now();
+        while !outputs.snapshots.is_closed() {
+            let (started, cpu_before, at) = (Instant::now(), thread_cpu_time(), clock::now());
+            status.maybe_inject_panic("vms", collector.health.cycles);
+            let counters = sample_ebpf(&ebpf, &mut collector.health, "vms", at.unix);
+            let cycle = collector.collect(at.unix, counters.as_deref().map(|e| &e.counters));
+            collector
+                .health
+                .record_cycle(started.elapsed(), cpu_since(cpu_before), at.unix);
+            let messages: Vec<Utf8Bytes> = cycle
+                .changes
+                .iter()
+                .map(|change| Message::VmStatusChanged(change).to_text())
+                .chain(
+                    cycle
+                        .vms
+                        .iter()
+                        .map(|vm| Message::VmMetrics(VmMetricsMessage::from_vm(vm)).to_text()),
+                )
+                .collect();
+            let mut snapshot = VmSnapshot {
+                vms: cycle.vms,
+                sources: cycle.sources,
+                health: collector.health.clone(),
+                at,
+            };
+            outputs.publish_shared(&snapshot, messages);
+            status.succeeded(at.unix);
+            let interval = Duration::from_secs(intervals.containers.load(Ordering::Relaxed).max(1));
+            next_cycle = next_tick(next_cycle, interval);
+            loop {
+                let changes = collector.watch_states(next_cycle, || clock::now().unix);
+                if changes.is_empty() {
+                    break;
+                }
+                for vm in &mut snapshot.vms {
+                    if let Some(state) = collector.state_of(vm) {
+                        vm.state = state;
+                    }
+                }
+                outputs.publish_shared(
+                    &snapshot,
+                    changes
+                        .iter()
+                        .map(|change| Message::VmStatusChanged(change).to_text()),
+                );
+            }
+        }
+    })
+}
+
+/// The next cycle's start: `interval` after the last, or `interval` from now when a
+/// cycle overran (or the machine was suspended), skipping missed ticks.
+fn next_tick(last: Instant, interval: Duration) -> Instant {
+    let next = last + interval;
+    let now = Instant::now();
+    if next <= now || next > now + interval {
+        now + interval
+    } else {
+        next
+    }
+}
+
 /// Calls `cycle` every `interval` seconds while `keep_going()`; a cycle that
 /// overruns (or a suspended machine) skips the missed ticks instead of bursting to
 /// catch up. The interval is re-read each cycle (SIGHUP can change it).
@@ -252,12 +360,8 @@ fn every(interval: &AtomicU64, keep_going: impl Fn() -> bool, mut cycle: impl Fn
     while keep_going() {
         cycle();
         let interval = Duration::from_secs(interval.load(Ordering::Relaxed).max(1));
-        next_cycle += interval;
-        let now = Instant::now();
-        if next_cycle <= now || next_cycle > now + interval {
-            next_cycle = now + interval;
-        }
-        std::thread::sleep(next_cycle - now);
+        next_cycle = next_tick(next_cycle, interval);
+        std::thread::sleep(next_cycle.saturating_duration_since(Instant::now()));
     }
 }
 
@@ -268,6 +372,27 @@ pub fn release_freed_heap() {
     // SAFETY: malloc_trim only returns free heap pages to the kernel.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+/// Block device names by major:minor (`/proc/diskstats`), for per-device figures;
+/// a read failure is recorded in `health` and gives none.
+pub fn device_names(
+    proc: &mut crate::procfs::TextReader,
+    health: &mut CollectorHealth,
+    collector: &str,
+    timestamp: u64,
+) -> std::collections::HashMap<(u32, u32), String> {
+    match proc.read("diskstats", crate::procfs::diskstats::parse) {
+        Ok(disks) => disks
+            .into_iter()
+            .map(|disk| ((disk.major, disk.minor), disk.name))
+            .collect(),
+        Err(error) => {
+            let source = error.path().display().to_string();
+            health.record_error(collector, &source, error.to_string(), timestamp);
+            std::collections::HashMap::new()
+        }
     }
 }
 

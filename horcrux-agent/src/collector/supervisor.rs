@@ -20,7 +20,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// A run this long resets the backoff: the panic was not a crash loop.
 const STABLE_RUN: Duration = Duration::from_secs(60);
 
-/// Environment variable naming a collector (`node` or `containers`) to panic once,
+/// Environment variable naming a collector (`node`, `containers` or `vms`) to panic once,
 /// in its third cycle: the hook the supervision test uses. Only the service's own
 /// environment can set it, which only root controls.
 pub const INJECT_PANIC_ENV: &str = "HORCRUX_INJECT_PANIC";

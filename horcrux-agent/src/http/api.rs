@@ -19,7 +19,7 @@ use super::{ApiError, AppState};
 use crate::{
     cgroup::CgroupMode,
     clock,
-    collector::{self, containers::DiscoveryReport},
+    collector::{self, containers::DiscoveryReport, vms::VmSourcesStatus},
     ebpf::{EbpfStatus, ProgramState},
     health::{CollectorHealth, SupervisorView},
     messages::Message,
@@ -54,6 +54,7 @@ const EBPF_NOTES: &[&str] = &[
 pub async fn status(State(state): State<Arc<AppState>>) -> Response {
     let node = state.node.borrow().clone();
     let containers = state.containers.borrow().clone();
+    let vms = state.vms.borrow().clone();
     let ebpf = state.ebpf.borrow().clone();
     let ebpf_status = ebpf.as_ref().map(|ebpf| &ebpf.status);
     let hierarchies = &state.hierarchies;
@@ -94,15 +95,19 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Response {
         collectors: CollectorsView {
             node: node.as_ref().map(|snapshot| &snapshot.health),
             containers: containers.as_ref().map(|snapshot| &snapshot.health),
+            vms: vms.as_ref().map(|snapshot| &snapshot.health),
             supervision: Supervision {
                 node: state.collectors.node.view(),
                 containers: state.collectors.containers.view(),
+                vms: state.collectors.vms.view(),
             },
         },
         containers: containers
             .as_ref()
             .map_or(0, |snapshot| snapshot.containers.len()),
         discovery: containers.as_ref().map(|snapshot| &snapshot.discovery),
+        vms: vms.as_ref().map_or(0, |snapshot| snapshot.vms.len()),
+        vm_sources: vms.as_ref().map(|snapshot| &snapshot.sources),
         stale_filesystems: node
             .as_ref()
             .map(|snapshot| snapshot.node.stale_filesystems.as_slice()),
@@ -147,6 +152,9 @@ struct Status<'a> {
     collectors: CollectorsView<'a>,
     containers: usize,
     discovery: Option<&'a DiscoveryReport>,
+    vms: usize,
+    /// libvirt connected or why not, QMP sockets used or failing, KVM statistics.
+    vm_sources: Option<&'a VmSourcesStatus>,
     stale_filesystems: Option<&'a [StaleFilesystem]>,
     config: ConfigView,
     websocket: WebsocketView,
@@ -177,6 +185,7 @@ struct EbpfView<'a> {
 struct CollectorsView<'a> {
     node: Option<&'a CollectorHealth>,
     containers: Option<&'a CollectorHealth>,
+    vms: Option<&'a CollectorHealth>,
     supervision: Supervision,
 }
 
@@ -184,6 +193,7 @@ struct CollectorsView<'a> {
 struct Supervision {
     node: SupervisorView,
     containers: SupervisorView,
+    vms: SupervisorView,
 }
 
 #[derive(Serialize)]

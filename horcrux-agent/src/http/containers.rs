@@ -16,7 +16,7 @@ use crate::model::{ContainerMetrics, ContainerState, Pod, Runtime};
 
 /// Shortest id prefix accepted, as `docker ps` prints ids.
 const MIN_PREFIX: usize = 12;
-const MAX_QUERY: usize = 128;
+pub const MAX_QUERY: usize = 128;
 
 /// One row of `GET /api/containers`: identity and the spec's headline metrics.
 #[derive(Serialize)]
@@ -87,17 +87,22 @@ pub async fn metrics(State(state): State<Arc<AppState>>, Path(query): Path<Strin
     }
 }
 
+/// An id, name or uuid as the API accepts them: `[A-Za-z0-9_.-]`, at most
+/// [`MAX_QUERY`] bytes. Nothing else is looked up.
+pub fn well_formed(query: &str) -> bool {
+    !query.is_empty()
+        && query.len() <= MAX_QUERY
+        && query
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || b"_.-".contains(&byte))
+}
+
 /// Finds the container `query` names: exact id, exact name, or unique id prefix.
 pub fn resolve<'a>(
     containers: &'a [ContainerMetrics],
     query: &str,
 ) -> Result<&'a ContainerMetrics, ApiError> {
-    let well_formed = !query.is_empty()
-        && query.len() <= MAX_QUERY
-        && query
-            .bytes()
-            .all(|byte| byte.is_ascii_alphanumeric() || b"_.-".contains(&byte));
-    if !well_formed {
+    if !well_formed(query) {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
             format!(

@@ -1,5 +1,6 @@
-//! History endpoints: `GET /api/monitoring/node/history` and
-//! `GET /api/containers/{id}/history`, with `?metric=<name>&range=<s>&step=<s>`.
+//! History endpoints: `GET /api/monitoring/node/history`,
+//! `GET /api/containers/{id}/history` (and the VMs' in [`super::vms`]), with
+//! `?metric=<name>&range=<s>&step=<s>`.
 
 use std::sync::Arc;
 
@@ -49,8 +50,8 @@ pub async fn container(
     }
 }
 
-/// `target`: `""` for the node, a container's cgroup path.
-fn answer(state: &AppState, scope: Scope, target: String, query: &HistoryQuery) -> Response {
+/// `target`: `""` for the node, a container's cgroup path, a VM's history key.
+pub fn answer(state: &AppState, scope: Scope, target: String, query: &HistoryQuery) -> Response {
     let Some(store) = &state.history else {
         return ApiError(
             StatusCode::NOT_FOUND,

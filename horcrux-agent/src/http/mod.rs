@@ -8,6 +8,7 @@ mod history;
 pub mod prometheus;
 pub mod security;
 pub mod serve;
+pub mod vms;
 mod ws;
 
 use std::{
@@ -30,7 +31,9 @@ use crate::{
     alerts::AlertEngine,
     cgroup::Hierarchies,
     clock,
-    collector::{ContainerSnapshot, Intervals, Latest, NodeSnapshot, supervisor::CollectorStatus},
+    collector::{
+        ContainerSnapshot, Intervals, Latest, NodeSnapshot, VmSnapshot, supervisor::CollectorStatus,
+    },
     config::Config,
     ebpf::sampler::EbpfSnapshot,
     history::History,
@@ -41,6 +44,7 @@ use crate::{
 pub struct Collectors {
     pub node: Arc<CollectorStatus>,
     pub containers: Arc<CollectorStatus>,
+    pub vms: Arc<CollectorStatus>,
 }
 
 pub struct AppState {
@@ -49,6 +53,7 @@ pub struct AppState {
     pub intervals: Arc<Intervals>,
     pub node: Latest<NodeSnapshot>,
     pub containers: Latest<ContainerSnapshot>,
+    pub vms: Latest<VmSnapshot>,
     /// The eBPF programs' status as of the last read of their maps.
     pub ebpf: Latest<EbpfSnapshot>,
     pub ws_messages: broadcast::Sender<Utf8Bytes>,
@@ -80,19 +85,21 @@ const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl AppState {
     /// Collection is complete: the eBPF programs are attached or have failed, and
-    /// both collectors have published (the container collector starts after the node
-    /// collector's first snapshot, so its first snapshot implies both).
+    /// every collector has published.
     pub fn ready(&self) -> bool {
-        self.node.borrow().is_some() && self.containers.borrow().is_some()
+        self.node.borrow().is_some()
+            && self.containers.borrow().is_some()
+            && self.vms.borrow().is_some()
     }
 
-    /// Both collectors published within three of their intervals (at least 30 s).
+    /// Every collector published within three of its intervals (at least 30 s).
     pub fn collectors_fresh(&self) -> bool {
         use std::sync::atomic::Ordering;
         let now = clock::unix_seconds();
         [
             (&self.collectors.node, &self.intervals.node),
             (&self.collectors.containers, &self.intervals.containers),
+            (&self.collectors.vms, &self.intervals.containers),
         ]
         .into_iter()
         .all(|(status, interval)| {
@@ -114,6 +121,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/containers/{id}/metrics", get(containers::metrics))
         .route("/api/monitoring/node/history", get(history::node))
         .route("/api/containers/{id}/history", get(history::container))
+        .route("/api/vms", get(vms::list))
+        .route("/api/vms/{id}/metrics", get(vms::metrics))
+        .route("/api/vms/{id}/history", get(vms::history))
         .route("/metrics", get(prometheus::metrics))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),

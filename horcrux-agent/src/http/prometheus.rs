@@ -13,8 +13,8 @@ use axum::{extract::State, http::header, response::IntoResponse};
 use super::AppState;
 use crate::{
     catalog::{self, Catalog, Family, Kind, Value, agent::AgentView},
-    collector::{ContainerSnapshot, NodeSnapshot},
-    model::{ContainerMetrics, EbpfMetrics, NodeMetrics},
+    collector::{ContainerSnapshot, NodeSnapshot, VmSnapshot},
+    model::{ContainerMetrics, NodeMetrics, VmMetrics},
 };
 
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -24,26 +24,35 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let _render = state.renders.acquire().await;
     let node = state.node.borrow().clone();
     let containers = state.containers.borrow().clone();
-    let agent = agent_view(&state, node.as_deref(), containers.as_deref());
+    let vms = state.vms.borrow().clone();
+    let agent = agent_view(
+        &state,
+        node.as_deref(),
+        containers.as_deref(),
+        vms.as_deref(),
+    );
     let text = render(
         node.as_ref().map(|node| &node.node),
         containers
             .as_ref()
             .map_or(&[], |containers| containers.containers.as_slice()),
+        vms.as_ref().map_or(&[], |vms| vms.vms.as_slice()),
         &agent,
     );
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], text)
 }
 
-/// The whole exposition of one node snapshot, its containers and the agent.
+/// The whole exposition of one node snapshot, its containers, VMs and the agent.
 pub fn render(
     node: Option<&NodeMetrics>,
     containers: &[ContainerMetrics],
+    vms: &[VmMetrics],
     agent: &AgentView,
 ) -> String {
     let mut out = Exposition::default();
     out.catalog(&catalog::NODE, node.into_iter());
     out.catalog(&catalog::CONTAINER, containers.iter());
+    out.catalog(&catalog::VM, vms.iter());
     out.catalog(&catalog::AGENT, std::iter::once(agent));
     out.text
 }
@@ -52,6 +61,7 @@ fn agent_view(
     state: &AppState,
     node: Option<&NodeSnapshot>,
     containers: Option<&ContainerSnapshot>,
+    vms: Option<&VmSnapshot>,
 ) -> AgentView {
     AgentView {
         cgroup_mode: state.hierarchies.mode().name(),
@@ -59,6 +69,7 @@ fn agent_view(
         collectors: [
             ("node", node.map(|n| &n.health)),
             ("containers", containers.map(|c| &c.health)),
+            ("vms", vms.map(|v| &v.health)),
         ]
         .into_iter()
         .filter_map(|(name, health)| Some((name, health?.clone())))
@@ -66,6 +77,7 @@ fn agent_view(
         supervision: vec![
             ("node", state.collectors.node.view()),
             ("containers", state.collectors.containers.view()),
+            ("vms", state.collectors.vms.view()),
         ],
         ebpf: state.ebpf.borrow().as_ref().map(|ebpf| ebpf.status.clone()),
         websocket_clients: state.ws_clients.load(Ordering::Relaxed) as u64,
@@ -87,14 +99,28 @@ impl Exposition {
         for family in catalog.families {
             self.family(catalog.prefix, catalog.identity, family, &identified);
         }
+        if let Some(cgroup) = catalog.cgroup {
+            self.shared(catalog, &identified, cgroup, catalog::cgroup::FAMILIES);
+        }
         if let Some(ebpf) = catalog.ebpf {
-            let scoped: Vec<(Vec<&str>, &EbpfMetrics)> = identified
-                .into_iter()
-                .filter_map(|(identity, target)| Some((identity, ebpf(target)?)))
-                .collect();
-            for family in catalog::ebpf::FAMILIES {
-                self.family(catalog.prefix, catalog.identity, family, &scoped);
-            }
+            self.shared(catalog, &identified, ebpf, catalog::ebpf::FAMILIES);
+        }
+    }
+
+    /// Families several scopes share, over the part of each target they describe.
+    fn shared<'a, T, Part>(
+        &mut self,
+        catalog: &Catalog<T>,
+        identified: &[(Vec<&'a str>, &'a T)],
+        part: for<'p> fn(&'p T) -> Option<&'p Part>,
+        families: &[Family<Part>],
+    ) {
+        let scoped: Vec<(Vec<&str>, &Part)> = identified
+            .iter()
+            .filter_map(|(identity, target)| Some((identity.clone(), part(target)?)))
+            .collect();
+        for family in families {
+            self.family(catalog.prefix, catalog.identity, family, &scoped);
         }
     }
 

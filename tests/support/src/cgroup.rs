@@ -60,6 +60,19 @@ impl TestCgroup {
         Self::at("libpod_parent", format!("libpod-{id}"), id)
     }
 
+    /// A cgroup of its own for a VM: `horcrux-vms/<name>` in every hierarchy.
+    pub fn vm(name: &str) -> Self {
+        Self::at("horcrux-vms", name.to_owned(), name.to_owned())
+    }
+
+    /// Moves the process `pid` (all its threads) into the cgroup in every hierarchy.
+    pub fn adopt(&self, pid: u32) {
+        for dir in &self.dirs {
+            std::fs::write(dir.join("cgroup.procs"), pid.to_string())
+                .unwrap_or_else(|error| panic!("moving {pid} to {}: {error}", dir.display()));
+        }
+    }
+
     fn at(parent: &str, leaf: String, id: String) -> Self {
         let hierarchies = hierarchies();
         let mut roots: Vec<PathBuf> = hierarchies.v1.values().cloned().collect();

@@ -1,6 +1,8 @@
 //! What the tests (`tests/*.rs`) and the benchmarks share: container-like cgroups
-//! with workloads for live tests ([`cgroup`]), and deterministic mutation fuzzing
-//! for the parser tests ([`mutate`]).
+//! with workloads for live tests ([`cgroup`]), real QEMU guests, their QMP
+//! monitors and libvirt ([`vm`]), and deterministic mutation fuzzing for the
+//! parser tests ([`mutate`]).
 
 pub mod cgroup;
 pub mod mutate;
+pub mod vm;

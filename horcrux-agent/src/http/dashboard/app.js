@@ -8,6 +8,7 @@ const $ = (selector) => document.querySelector(selector);
 const state = {
   series: { cpu: [], memory: [], disk: [], load: [], rx: [], tx: [] },
   containers: new Map(), // id -> summary row + cpu history
+  vms: new Map(),
   sort: { key: 'cpu', dir: -1 },
   filter: '',
   selected: null,
@@ -128,86 +129,113 @@ async function seedNodeHistory() {
   drawCharts();
 }
 
-// ---- containers -------------------------------------------------------------------
-function upsertContainer(id, fields) {
-  const row = state.containers.get(id) ?? { id, cpuHistory: [] };
+// ---- containers and VMs -------------------------------------------------------------
+// Both arrive as VmMetrics / VmStatusChanged messages; `kind` tells them apart.
+const kinds = {
+  container: {
+    rows: state.containers, table: '#containers', count: '#container-count', empty: 'no containers',
+    api: '/api/containers', list: (body) => body.containers,
+    fields: (c) => ({
+      name: c.name, runtime: c.runtime, state: c.state, cpu: c.cpu_usage_percent, memory: c.memory_usage_bytes,
+      read: c.block_read_bytes, write: c.block_write_bytes, rx: c.network_rx_bytes, tx: c.network_tx_bytes,
+    }),
+    cells: (c) => `<td>${escapeHtml(c.runtime)}</td><td>${escapeHtml(c.state ?? '')}</td>`,
+    render: renderContainerDetail,
+  },
+  vm: {
+    rows: state.vms, table: '#vms', count: '#vm-count', empty: 'no VMs',
+    api: '/api/vms', list: (body) => body.vms,
+    fields: (v) => ({
+      name: v.name, runtime: v.source, state: v.state, cpu: v.cpu_usage_percent, memory: v.memory_usage_bytes,
+      steal: v.steal_percent, vcpus: v.vcpus,
+      read: v.block_read_bytes, write: v.block_write_bytes, rx: v.network_rx_bytes, tx: v.network_tx_bytes,
+    }),
+    cells: (v) => `<td>${escapeHtml(v.runtime)}</td><td>${escapeHtml(v.state ?? '')}</td>
+      <td class="num">${v.vcpus ?? '—'}</td><td class="num steal">${percent(v.steal)}</td>`,
+    render: renderVmDetail,
+  },
+};
+const kindOf = (m) => (m.kind === 'vm' ? 'vm' : 'container');
+
+function upsert(kind, id, fields) {
+  const rows = kinds[kind].rows;
+  const row = rows.get(id) ?? { id, cpuHistory: [] };
   Object.assign(row, fields);
-  state.containers.set(id, row);
+  rows.set(id, row);
   return row;
 }
 
 function onVmMetrics(m) {
-  const row = upsertContainer(m.vm_id, {
+  const kind = kindOf(m);
+  const row = upsert(kind, m.vm_id, {
     name: m.name, runtime: m.runtime, cpu: m.cpu_usage, memory: m.memory_usage_bytes,
-    memoryPercent: m.memory_usage, read: m.disk_read, write: m.disk_write, rx: m.network_rx, tx: m.network_tx,
+    read: m.disk_read, write: m.disk_write, rx: m.network_rx, tx: m.network_tx,
   });
   row.state = row.state ?? 'running';
   row.cpuHistory.push(m.cpu_usage);
   if (row.cpuHistory.length > SPARK_POINTS) row.cpuHistory.shift();
-  scheduleTable();
+  scheduleTable(kind);
 }
 
 function onStatusChanged(m) {
+  const kind = kindOf(m);
   if (m.new_status == null) {
-    state.containers.delete(m.vm_id);
-    if (state.selected === m.vm_id) closeDetail();
+    kinds[kind].rows.delete(m.vm_id);
+    if (state.selected?.id === m.vm_id && state.selected.kind === kind) closeDetail();
   } else {
-    upsertContainer(m.vm_id, { name: m.name, runtime: m.runtime, state: m.new_status });
+    upsert(kind, m.vm_id, { name: m.name, runtime: m.runtime, state: m.new_status });
   }
-  scheduleTable();
+  scheduleTable(kind);
 }
 
-async function loadContainers() {
-  const response = await fetch('/api/containers');
+async function loadRows(kind) {
+  const response = await fetch(kinds[kind].api);
   if (!response.ok) return;
-  const body = await response.json();
-  for (const c of body.containers) {
-    upsertContainer(c.id, {
-      name: c.name, runtime: c.runtime, state: c.state, cpu: c.cpu_usage_percent, memory: c.memory_usage_bytes,
-      limit: c.memory_limit_bytes, read: c.block_read_bytes, write: c.block_write_bytes,
-      rx: c.network_rx_bytes, tx: c.network_tx_bytes,
-    });
-  }
-  scheduleTable();
+  for (const item of kinds[kind].list(await response.json())) upsert(kind, item.id, kinds[kind].fields(item));
+  scheduleTable(kind);
 }
 
 const sortValue = {
   name: (c) => (c.name ?? c.id).toLowerCase(),
   runtime: (c) => c.runtime, state: (c) => c.state,
-  cpu: (c) => c.cpu ?? -1, memory: (c) => c.memory ?? -1,
+  cpu: (c) => c.cpu ?? -1, memory: (c) => c.memory ?? -1, steal: (c) => c.steal ?? -1, vcpus: (c) => c.vcpus ?? -1,
   disk: (c) => (c.read ?? 0) + (c.write ?? 0), network: (c) => (c.rx ?? 0) + (c.tx ?? 0),
 };
 
-let tablePending = false;
-function scheduleTable() {
-  if (tablePending) return;
-  tablePending = true;
-  requestAnimationFrame(() => { tablePending = false; renderTable(); });
+const tablePending = new Set();
+function scheduleTable(kind) {
+  if (tablePending.has(kind)) return;
+  tablePending.add(kind);
+  requestAnimationFrame(() => { tablePending.delete(kind); renderTable(kind); });
 }
 
-function renderTable() {
+function renderTable(kind) {
+  const { rows: all, table, count, empty, cells } = kinds[kind];
   const filter = state.filter.toLowerCase();
-  const rows = [...state.containers.values()].filter((c) =>
+  const rows = [...all.values()].filter((c) =>
     !filter || [c.id, c.name, c.runtime].some((field) => field && field.toLowerCase().includes(filter)));
-  const key = sortValue[state.sort.key];
+  const key = sortValue[state.sort.key] ?? sortValue.cpu;
   rows.sort((a, b) => (key(a) < key(b) ? -1 : key(a) > key(b) ? 1 : 0) * state.sort.dir);
-  $('#container-count').textContent = `(${rows.length})`;
-  $('#containers tbody').innerHTML = rows.map((c) => `
-    <tr data-id="${escapeHtml(c.id)}">
+  $(count).textContent = `(${rows.length})`;
+  const columns = $(`${table} thead tr`).children.length;
+  $(`${table} tbody`).innerHTML = rows.map((c) => `
+    <tr data-id="${escapeHtml(c.id)}" data-kind="${kind}">
       <td>${escapeHtml(c.name ?? '')}<div class="id">${escapeHtml(c.id.slice(0, 12))}</div></td>
-      <td>${escapeHtml(c.runtime)}</td><td>${escapeHtml(c.state ?? '')}</td>
+      ${cells(c)}
       <td class="num cpu">${percent(c.cpu)}${sparkline(c.cpuHistory)}</td>
       <td class="num">${bytes(c.memory)}</td>
       <td class="num">${bytes(c.read)} / ${bytes(c.write)}</td>
       <td class="num">${bytes(c.rx)} / ${bytes(c.tx)}</td>
-    </tr>`).join('') || '<tr><td colspan="7" class="muted">no containers</td></tr>';
-  document.querySelectorAll('#containers th').forEach((th) => {
+    </tr>`).join('') || `<tr><td colspan="${columns}" class="muted">${empty}</td></tr>`;
+  document.querySelectorAll(`${table} th`).forEach((th) => {
     th.classList.toggle('sorted', th.dataset.key === state.sort.key);
     th.classList.toggle('asc', th.dataset.key === state.sort.key && state.sort.dir === 1);
   });
 }
 
-// ---- container detail -------------------------------------------------------------
+const renderTables = () => Object.keys(kinds).forEach(renderTable);
+
+// ---- detail -------------------------------------------------------------------------
 function histogram(h, title) {
   if (!h || !h.buckets || h.buckets.length === 0 || h.count === 0) return `<h2>${title}</h2><p class="muted">no samples</p>`;
   // Buckets are cumulative (Prometheus "le"): difference them for bars.
@@ -223,14 +251,20 @@ function list(rows) {
   return `<dl>${rows.map(([k, v]) => `<dt>${k}</dt><dd>${v}</dd>`).join('')}</dl>`;
 }
 
-function renderDetail(c) {
+const unavailable = (c, family) => `<p class="muted">${escapeHtml(c.unavailable?.[family] ?? 'unavailable')}</p>`;
+
+function latencyHistograms(ebpf) {
+  return `<div>${ebpf ? histogram(ebpf.sched?.runq_latency, 'Run-queue latency') : '<h2>Run-queue latency</h2><p class="muted">needs the eBPF scheduler programs and a cgroup of its own</p>'}</div>
+    <div>${ebpf ? histogram(ebpf.blkio?.latency, 'Block I/O latency') : '<h2>Block I/O latency</h2><p class="muted">needs the eBPF block-I/O programs and a cgroup of its own</p>'}</div>`;
+}
+
+function renderContainerDetail(c) {
   $('#detail-title').textContent = `${c.name ?? c.id.slice(0, 12)} · ${c.runtime} · ${c.state}`;
   const cpu = c.cpu ?? {};
   const mem = c.memory ?? {};
   const block = c.block_io;
   const net = c.network;
-  const ebpf = c.ebpf;
-  $('#detail-body').innerHTML = `
+  return `
     <div><h2>CPU</h2>${list([
       ['usage', percent(c.cpu_usage_percent)], ['user / system', `${percent(cpu.user_percent)} / ${percent(cpu.system_percent)}`],
       ['limit', cpu.limit_cores == null ? 'unlimited' : `${cpu.limit_cores} CPUs`],
@@ -245,28 +279,69 @@ function renderDetail(c) {
       ['read', `${bytes(block.read_bytes_total)} (${rate(block.read_bytes_per_second)})`],
       ['written', `${bytes(block.write_bytes_total)} (${rate(block.write_bytes_per_second)})`],
       ['ops r / w', `${block.reads_total} / ${block.writes_total}`],
-    ]) : `<p class="muted">${escapeHtml(c.unavailable?.block_io ?? 'unavailable')}</p>`}</div>
+    ]) : unavailable(c, 'block_io')}</div>
     <div><h2>Network</h2>${net ? list([
       ['rx', `${bytes(net.rx_bytes_total)} (${rate(net.rx_bytes_per_second)})`],
       ['tx', `${bytes(net.tx_bytes_total)} (${rate(net.tx_bytes_per_second)})`],
       ['interfaces', net.interfaces.map((i) => escapeHtml(i.interface)).join(', ')],
-    ]) : `<p class="muted">${escapeHtml(c.unavailable?.network ?? 'unavailable')}</p>`}</div>
-    <div>${ebpf ? histogram(ebpf.sched?.runq_latency, 'Run-queue latency') : '<h2>Run-queue latency</h2><p class="muted">needs the eBPF scheduler programs (not loaded)</p>'}</div>
-    <div>${ebpf ? histogram(ebpf.blkio?.latency, 'Block I/O latency') : '<h2>Block I/O latency</h2><p class="muted">needs the eBPF block-I/O programs (not loaded)</p>'}</div>`;
-  // Bar heights through the CSSOM: the page's CSP allows no inline style attributes.
-  for (const bar of $('#detail-body').querySelectorAll('.histogram > div')) {
-    bar.style.height = `${bar.dataset.height}%`;
-  }
+    ]) : unavailable(c, 'network')}</div>
+    ${latencyHistograms(c.ebpf)}`;
+}
+
+// Per-vCPU bars: on-CPU and run-queue wait (steal) as % of one host CPU.
+function vcpuBars(vcpus) {
+  if (!vcpus?.length) return '<p class="muted">no vCPU threads found</p>';
+  return `<div class="vcpus">${vcpus.map((v) => `
+    <div class="vcpu" data-vcpu="${v.index}"><span>vCPU ${v.index}</span>
+      <div class="bar"><div class="used" data-width="${Math.min(100, v.usage_percent ?? 0)}"></div></div><span class="num">${percent(v.usage_percent)}</span>
+      <div class="bar"><div class="stolen" data-width="${Math.min(100, v.steal_percent ?? 0)}"></div></div><span class="num steal">${percent(v.steal_percent)}</span>
+    </div>`).join('')}</div>
+    <div class="histogram-labels"><span>■ on CPU</span><span class="stolen-label">■ waiting for a host CPU (steal)</span></div>`;
+}
+
+function renderVmDetail(v) {
+  $('#detail-title').textContent = `${v.name ?? v.id} · ${v.source} · ${v.state}`;
+  const cpu = v.cpu ?? {};
+  const mem = v.memory ?? {};
+  const kvm = v.kvm;
+  const disks = v.disks ?? [];
+  const nics = v.interfaces ?? [];
+  return `
+    <div><h2>CPU</h2>${v.cpu ? list([
+      ['usage', percent(v.cpu_usage_percent)], ['steal', percent(cpu.steal_percent)],
+      ['vCPU / emulator time', `${cpu.vcpu_seconds_total?.toFixed(1)} s / ${cpu.emulator_seconds_total?.toFixed(1)} s`],
+    ]) + vcpuBars(cpu.vcpus) : unavailable(v, 'cpu')}</div>
+    <div><h2>Memory</h2>${list([
+      ['configured', bytes(mem.configured_bytes)], ['balloon', bytes(mem.balloon_actual_bytes)],
+      ['host RSS', bytes(mem.rss_bytes)],
+      ['guest available / unused', mem.guest ? `${bytes(mem.guest.available_bytes)} / ${bytes(mem.guest.unused_bytes)}` : '—'],
+    ])}</div>
+    <div><h2>Disks</h2>${disks.length ? list(disks.map((d) => [escapeHtml(d.device),
+      `r ${bytes(d.read_bytes_total)} · w ${bytes(d.write_bytes_total)} · ${d.read_ops_total} / ${d.write_ops_total} ops`]))
+      : unavailable(v, 'disks')}</div>
+    <div><h2>Interfaces</h2>${nics.length ? list(nics.map((n) => [escapeHtml(n.device),
+      `rx ${bytes(n.rx_bytes_total)} · tx ${bytes(n.tx_bytes_total)}`])) : '<p class="muted">none found</p>'}</div>
+    <div><h2>KVM</h2>${kvm ? list([
+      ['exits', kvm.exits], ['halt exits', kvm.halt_exits], ['halt wait', `${(kvm.halt_wait_ns / 1e9).toFixed(1)} s`],
+      ['halt poll ok / fail', `${(kvm.halt_poll_success_ns / 1e9).toFixed(2)} s / ${(kvm.halt_poll_fail_ns / 1e9).toFixed(2)} s`],
+      ['interrupts injected', kvm.irq_injections],
+    ]) : unavailable(v, 'kvm')}</div>
+    ${latencyHistograms(v.ebpf)}`;
 }
 
 async function refreshDetail() {
   if (!state.selected) return;
-  const response = await fetch(`/api/containers/${encodeURIComponent(state.selected)}/metrics`);
-  if (response.ok) renderDetail(await response.json());
+  const { id, kind } = state.selected;
+  const response = await fetch(`${kinds[kind].api}/${encodeURIComponent(id)}/metrics`);
+  if (!response.ok || state.selected?.id !== id) return;
+  $('#detail-body').innerHTML = kinds[kind].render(await response.json());
+  // Sizes through the CSSOM: the page's CSP allows no inline style attributes.
+  for (const bar of $('#detail-body').querySelectorAll('[data-height]')) bar.style.height = `${bar.dataset.height}%`;
+  for (const bar of $('#detail-body').querySelectorAll('[data-width]')) bar.style.width = `${bar.dataset.width}%`;
 }
 
-function openDetail(id) {
-  state.selected = id;
+function openDetail(id, kind) {
+  state.selected = { id, kind };
   $('#detail').hidden = false;
   refreshDetail();
 }
@@ -317,7 +392,8 @@ function connect() {
   socket.onopen = () => {
     retryDelay = 1000;
     setConnection('live', 'live');
-    loadContainers();
+    loadRows('container');
+    loadRows('vm');
     loadAlerts();
   };
   socket.onmessage = (event) => {
@@ -338,16 +414,18 @@ function connect() {
 }
 
 // ---- wiring -------------------------------------------------------------------
-$('#search').addEventListener('input', (event) => { state.filter = event.target.value; renderTable(); });
-document.querySelectorAll('#containers th').forEach((th) => th.addEventListener('click', () => {
+$('#search').addEventListener('input', (event) => { state.filter = event.target.value; renderTables(); });
+document.querySelectorAll('#containers th, #vms th').forEach((th) => th.addEventListener('click', () => {
   const key = th.dataset.key;
   state.sort = { key, dir: state.sort.key === key ? -state.sort.dir : (key === 'name' ? 1 : -1) };
-  renderTable();
+  renderTables();
 }));
-$('#containers tbody').addEventListener('click', (event) => {
-  const row = event.target.closest('tr[data-id]');
-  if (row) openDetail(row.dataset.id);
-});
+for (const table of ['#containers', '#vms']) {
+  $(`${table} tbody`).addEventListener('click', (event) => {
+    const row = event.target.closest('tr[data-id]');
+    if (row) openDetail(row.dataset.id, row.dataset.kind);
+  });
+}
 $('#detail-close').addEventListener('click', closeDetail);
 window.addEventListener('resize', drawCharts);
 setInterval(refreshDetail, 5000);
