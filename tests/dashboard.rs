@@ -358,6 +358,38 @@ async fn a_vm_appears_and_its_detail_shows_per_vcpu_bars_and_steal() {
 
 /// Serves one HTML page from another origin (a second loopback port), as any web
 /// page a browser on the node might load.
+/// A remote_write target whose receiver is down shows as failing, with its backlog.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_header_shows_a_failing_export_target() {
+    require_browser();
+    let storage = tempfile::tempdir().expect("storage");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("port");
+    let agent = Agent::start(&format!(
+        "[storage]\npath = \"{}\"\n[[remote_write]]\nname = \"central\"\n\
+         url = \"http://{closed}/api/v1/write\"\ninterval = 1\n",
+        storage.path().display()
+    ));
+    agent.wait_for_cycles(2).await;
+    let browser = Browser::start().await;
+    browser.open(&agent.url("/")).await;
+    browser.wait_live().await;
+    let text = browser
+        .wait_for(
+            "a failing export",
+            "const e = document.querySelector('#export'); \
+             return e.hidden || e.dataset.failing !== 'true' ? null : e.textContent",
+            |v| v.as_str().is_some_and(|text| text.contains("queued")),
+        )
+        .await;
+    let text = text.as_str().unwrap_or_default();
+    assert!(
+        text.starts_with("export: central: failing (") && text.contains("samples queued"),
+        "{text}"
+    );
+}
+
 async fn serve_page(html: String) -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -23,6 +23,7 @@ use horcrux_agent::{
         node::{NodeCollector, NodeSources},
     },
     ebpf::EbpfPrograms,
+    export::{DroppedView, ExportView},
     health::{CollectorHealth, SupervisorView},
     http::{containers::list_body, prometheus},
     model::{ContainerMetrics, NodeMetrics},
@@ -106,6 +107,24 @@ fn agent(mode: &str) -> AgentView {
         supervision: vec![("node", supervised.clone()), ("containers", supervised)],
         ebpf: Some(EbpfPrograms::disabled().status()),
         websocket_clients: 0,
+        exports: vec![ExportView {
+            name: "central".into(),
+            url: "http://prometheus:9090/api/v1/write".into(),
+            samples_queued: 1200,
+            samples_sent: 1000,
+            samples_retried: 300,
+            samples_dropped: DroppedView {
+                rejected: 100,
+                queue_full: 50,
+            },
+            queue_samples: 50,
+            queue_bytes: 4096,
+            corrupt_bytes: 0,
+            requests: 12,
+            sent_bytes: 20_480,
+            last_success: Some(TIMESTAMP),
+            last_error: None,
+        }],
     }
 }
 

@@ -8,6 +8,8 @@
 //!    created in this host's hierarchies: CPU per cycle and resident memory.
 //! 5. As root: the VM collector over 1, 4 and 8 plain QEMU guests under KVM (paused),
 //!    each with a QMP socket: CPU (collector and QMP workers) and wall time per cycle.
+//! 6. `[[remote_write]]` at 1 s and 15 s pushes beside no push: added CPU, disk and
+//!    wire bytes per 1,000 series.
 
 use horcrux_test_support::{cgroup, vm};
 
@@ -104,20 +106,7 @@ fn in_process() {
 }
 
 fn agent() -> Duration {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_horcrux-agent"))
-        .args([
-            "--config",
-            "/dev/null",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .args(["--node-metrics-interval", "1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start horcrux-agent");
-    let agent = Killed(child);
+    let agent = start_agent("/dev/null".as_ref(), free_port());
     let pid = agent.0.id();
     std::thread::sleep(SETTLE);
     let start = process_cpu(pid);
@@ -128,6 +117,24 @@ fn agent() -> Duration {
         rss_kib(pid) as f64 / 1024.0
     );
     per_cycle
+}
+
+/// The agent binary with `config`, a 1 s node interval, listening on `port`.
+fn start_agent(config: &std::path::Path, port: u16) -> Killed {
+    let child = Command::new(env!("CARGO_BIN_EXE_horcrux-agent"))
+        .arg("--config")
+        .arg(config)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--node-metrics-interval",
+            "1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start horcrux-agent");
+    Killed(child)
 }
 
 fn node_exporter(ours: Duration) {
@@ -236,6 +243,122 @@ fn vms() {
     }
 }
 
+/// A receiver that acknowledges every request with 204 (what the agent sends is
+/// measured from its own figures).
+fn acknowledging_receiver() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().map(|addr| addr.port()).expect("port");
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buffer = vec![0u8; 1 << 16];
+                let mut pending = Vec::new();
+                loop {
+                    let Ok(read) = stream.read(&mut buffer) else {
+                        return;
+                    };
+                    if read == 0 {
+                        return;
+                    }
+                    pending.extend_from_slice(&buffer[..read]);
+                    // One request: headers, then content-length bytes of body.
+                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:")?.trim().parse().ok())
+                            .unwrap_or(0);
+                        if pending.len() < end + 4 + length {
+                            break;
+                        }
+                        pending.drain(..end + 4 + length);
+                        let reply = b"HTTP/1.1 204 No Content\r\n\r\n";
+                        if stream.write_all(reply).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// `[[remote_write]]` cost: the same agent (1 s collection) without a target and with
+/// one pushing every 1 s and every 15 s to a receiver that acknowledges everything,
+/// side by side in one run: added CPU and disk writes, per 1,000 series.
+fn remote_write() {
+    let receiver = acknowledging_receiver();
+    let run = |push: Option<u64>| {
+        let storage = tempfile::tempdir().expect("storage");
+        let config = storage.path().join("horcrux.toml");
+        let mut text = format!("[storage]\npath = \"{}\"\n", storage.path().display());
+        if let Some(interval) = push {
+            text += &format!(
+                "[[remote_write]]\nname = \"bench\"\nurl = \"http://127.0.0.1:{receiver}/api/v1/write\"\ninterval = {interval}\n"
+            );
+        }
+        std::fs::write(&config, text).expect("config");
+        let port = free_port();
+        let agent = start_agent(&config, port);
+        let pid = agent.0.id();
+        std::thread::sleep(SETTLE);
+        let written = || {
+            std::fs::read_to_string(format!("/proc/{pid}/io"))
+                .unwrap_or_default()
+                .lines()
+                .find_map(|line| {
+                    line.strip_prefix("write_bytes:")?
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+                .unwrap_or(0)
+        };
+        let status = || -> serde_json::Value {
+            let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            let _ = stream.write_all(b"GET /api/status HTTP/1.0\r\nHost: localhost\r\n\r\n");
+            let mut body = String::new();
+            let _ = stream.read_to_string(&mut body);
+            let json = body.split_once("\r\n\r\n").map_or("", |(_, json)| json);
+            serde_json::from_str::<serde_json::Value>(json).unwrap_or_default()["remote_write"][0]
+                .clone()
+        };
+        let window = Duration::from_secs(30);
+        let (cpu, disk, before) = (process_cpu(pid), written(), status());
+        std::thread::sleep(window);
+        let after = status();
+        let delta = |key: &str| {
+            after[key]
+                .as_u64()
+                .unwrap_or(0)
+                .saturating_sub(before[key].as_u64().unwrap_or(0))
+        };
+        (
+            (process_cpu(pid) - cpu) / window.as_secs() as u32,
+            (written() - disk) / window.as_secs(),
+            delta("samples_queued") / window.as_secs(),
+            delta("sent_bytes") / window.as_secs(),
+        )
+    };
+    let (base_cpu, base_disk, _, _) = run(None);
+    println!(
+        "agent without remote_write (1 s collection): CPU {base_cpu:.2?}/s, disk {base_disk} B/s"
+    );
+    for interval in [1, 15] {
+        let (cpu, disk, samples, wire) = run(Some(interval));
+        let thousands = samples as f64 / 1000.0;
+        let added = cpu.saturating_sub(base_cpu);
+        println!(
+            "remote_write every {interval} s: {samples} samples/s; added CPU {added:.2?}/s = {:.0} µs per 1,000 series; \
+             disk {disk} B/s ({:.0} B per 1,000 series); wire {wire} B/s ({:.0} B per 1,000 series)",
+            added.as_secs_f64() * 1e6 / thousands.max(1e-9),
+            disk.saturating_sub(base_disk) as f64 / thousands.max(1e-9),
+            wire as f64 / thousands.max(1e-9),
+        );
+    }
+}
+
 fn main() {
     // `cargo test --benches` runs this with --bench absent; only measure on `cargo bench`.
     if !std::env::args().any(|arg| arg == "--bench") {
@@ -246,9 +369,15 @@ fn main() {
         vms();
         return;
     }
+    // HORCRUX_BENCH_ONLY=remote_write: the push part alone.
+    if std::env::var("HORCRUX_BENCH_ONLY").is_ok_and(|part| part == "remote_write") {
+        remote_write();
+        return;
+    }
     in_process();
     let ours = agent();
     node_exporter(ours);
     containers();
     vms();
+    remote_write();
 }

@@ -23,6 +23,8 @@ pub const DEFAULT_PATH: &str = "/etc/horcrux/horcrux.toml";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8006";
 /// The system libvirt daemon, as `virsh` connects to it by default as root.
 pub const DEFAULT_LIBVIRT_URI: &str = "qemu:///system";
+/// `[storage] path`: the push queues (and what else must survive a restart).
+pub const DEFAULT_STORAGE_PATH: &str = "/var/lib/horcrux";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -40,6 +42,44 @@ pub struct Config {
     /// libvirt is not read).
     pub libvirt_uri: Option<String>,
     pub alerts: Vec<Rule>,
+    /// `[storage] path`.
+    pub storage_path: PathBuf,
+    /// `[[remote_write]]` targets, each with its own queue under `storage_path`.
+    pub remote_write: Vec<RemoteWriteTarget>,
+}
+
+/// One `[[remote_write]]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteWriteTarget {
+    /// `name`, or the URL: the `target` label of the export metrics.
+    pub name: String,
+    /// The queue's directory under `[storage] path`/remote_write: `name`, or a
+    /// hash of the URL.
+    pub queue_dir: String,
+    pub url: String,
+    /// Seconds between samplings of the latest snapshots (and pushes).
+    pub interval: Duration,
+    /// Per request.
+    pub timeout: Duration,
+    pub auth: PushAuth,
+    /// PEM CAs trusted for an https URL besides the system's.
+    pub tls_ca_file: Option<PathBuf>,
+    pub external_labels: Vec<(String, String)>,
+    pub queue_max_bytes: u64,
+}
+
+/// How a push target authenticates the agent; secrets live in files, re-read per
+/// request (so a rotated token needs no restart).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushAuth {
+    None,
+    Bearer {
+        token_file: PathBuf,
+    },
+    Basic {
+        username: String,
+        password_file: PathBuf,
+    },
 }
 
 /// `[server]`: who may talk to the agent, and how.
@@ -102,6 +142,8 @@ impl Default for Config {
             ebpf_enabled: true,
             libvirt_uri: Some(DEFAULT_LIBVIRT_URI.to_owned()),
             alerts: Vec::new(),
+            storage_path: PathBuf::from(DEFAULT_STORAGE_PATH),
+            remote_write: Vec::new(),
         }
     }
 }
@@ -137,6 +179,32 @@ struct File {
     vms: VmsSection,
     #[serde(default)]
     alerts: Vec<AlertSection>,
+    #[serde(default)]
+    storage: StorageSection,
+    #[serde(default)]
+    remote_write: Vec<RemoteWriteSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StorageSection {
+    path: Option<Spanned<PathBuf>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemoteWriteSection {
+    url: Spanned<String>,
+    name: Option<Spanned<String>>,
+    interval: Option<Spanned<u64>>,
+    timeout: Option<Spanned<u64>>,
+    bearer_token_file: Option<Spanned<PathBuf>>,
+    basic_auth_username: Option<Spanned<String>>,
+    basic_auth_password_file: Option<Spanned<PathBuf>>,
+    tls_ca_file: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    external_labels: BTreeMap<String, Spanned<String>>,
+    queue_max_bytes: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -202,6 +270,10 @@ const RETENTION_SECONDS: RangeInclusive<u64> = 60..=31 * 86_400;
 const WS_CLIENTS: RangeInclusive<u64> = 1..=100_000;
 const CONTAINERS: RangeInclusive<u64> = 1..=100_000;
 const CONNECTIONS: RangeInclusive<u64> = 16..=65_536;
+const PUSH_INTERVAL_SECONDS: RangeInclusive<u64> = 1..=3600;
+const PUSH_TIMEOUT_SECONDS: RangeInclusive<u64> = 1..=300;
+const QUEUE_BYTES: RangeInclusive<u64> = (64 << 10)..=(1 << 40);
+const DEFAULT_QUEUE_BYTES: u64 = 256 << 20;
 
 impl Config {
     /// Loads `path`. A missing file at the default path means defaults; a missing
@@ -322,6 +394,25 @@ impl Config {
                 .enumerate()
                 .map(|(index, section)| alert_rule(section, &file.alerts[..index], &invalid))
                 .collect::<Result<_, _>>()?,
+            storage_path: match &file.storage.path {
+                None => defaults.storage_path,
+                Some(path) if path.get_ref().is_absolute() => path.get_ref().clone(),
+                Some(path) => {
+                    return Err(invalid(
+                        "storage.path",
+                        path.span(),
+                        "must be an absolute path".into(),
+                    ));
+                }
+            },
+            remote_write: file
+                .remote_write
+                .iter()
+                .enumerate()
+                .map(|(index, section)| {
+                    remote_write_target(section, &file.remote_write[..index], &invalid, &bounded)
+                })
+                .collect::<Result<_, _>>()?,
         })
     }
 }
@@ -410,6 +501,156 @@ fn server_security(
             CONNECTIONS,
             defaults.max_connections as u64,
         )? as usize,
+    })
+}
+
+/// Checks one `[[remote_write]]` table; `earlier` are the tables before it (URLs
+/// and names must be unique: each names a queue directory).
+fn remote_write_target(
+    section: &RemoteWriteSection,
+    earlier: &[RemoteWriteSection],
+    invalid: &impl Fn(&str, Range<usize>, String) -> ConfigError,
+    bounded: &impl Fn(&str, &Option<Spanned<u64>>, RangeInclusive<u64>, u64) -> Result<u64, ConfigError>,
+) -> Result<RemoteWriteTarget, ConfigError> {
+    let url = section.url.get_ref();
+    let parsed = reqwest::Url::parse(url).ok().filter(|parsed| {
+        matches!(parsed.scheme(), "http" | "https")
+            && parsed.host_str().is_some_and(|host| !host.is_empty())
+    });
+    let Some(parsed) = parsed else {
+        return Err(invalid(
+            "remote_write.url",
+            section.url.span(),
+            format!("must be an http:// or https:// URL (got {url:?})"),
+        ));
+    };
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(invalid(
+            "remote_write.url",
+            section.url.span(),
+            "must not hold credentials: use basic_auth_username and basic_auth_password_file"
+                .into(),
+        ));
+    }
+    if earlier.iter().any(|other| other.url.get_ref() == url) {
+        return Err(invalid(
+            "remote_write.url",
+            section.url.span(),
+            format!("{url:?} is configured twice"),
+        ));
+    }
+    let name = match &section.name {
+        None => None,
+        Some(name) => {
+            let text = name.get_ref();
+            let well_formed = (1..=64).contains(&text.len())
+                && !text.starts_with('.')
+                && text
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+            let taken = earlier
+                .iter()
+                .any(|other| other.name.as_ref().map(Spanned::get_ref) == Some(text));
+            if !well_formed || taken {
+                return Err(invalid(
+                    "remote_write.name",
+                    name.span(),
+                    format!(
+                        "must be unique, 1 to 64 of A-Z a-z 0-9 _ - . and not start with a dot (got {text:?})"
+                    ),
+                ));
+            }
+            Some(text.clone())
+        }
+    };
+    let auth = match (
+        &section.bearer_token_file,
+        &section.basic_auth_username,
+        &section.basic_auth_password_file,
+    ) {
+        (None, None, None) => PushAuth::None,
+        (Some(token), None, None) => PushAuth::Bearer {
+            token_file: token.get_ref().clone(),
+        },
+        (None, Some(username), Some(password)) => PushAuth::Basic {
+            username: username.get_ref().clone(),
+            password_file: password.get_ref().clone(),
+        },
+        (Some(token), _, _) => {
+            return Err(invalid(
+                "remote_write.bearer_token_file",
+                token.span(),
+                "cannot be combined with basic_auth_*".into(),
+            ));
+        }
+        (None, Some(username), None) => {
+            return Err(invalid(
+                "remote_write.basic_auth_password_file",
+                username.span(),
+                "is needed with basic_auth_username".into(),
+            ));
+        }
+        (None, None, Some(password)) => {
+            return Err(invalid(
+                "remote_write.basic_auth_username",
+                password.span(),
+                "is needed with basic_auth_password_file".into(),
+            ));
+        }
+    };
+    let mut external_labels = Vec::new();
+    for (label, value) in &section.external_labels {
+        let well_formed = label
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !label.starts_with("__");
+        if !well_formed || value.get_ref().is_empty() {
+            return Err(invalid(
+                &format!("remote_write.external_labels.{label}"),
+                value.span(),
+                "must be a Prometheus label name (not starting with __) with a non-empty value"
+                    .into(),
+            ));
+        }
+        external_labels.push((label.clone(), value.get_ref().clone()));
+    }
+    Ok(RemoteWriteTarget {
+        queue_dir: name.clone().unwrap_or_else(|| {
+            use sha2::Digest;
+            let digest = sha2::Sha256::digest(url.as_bytes());
+            digest[..8]
+                .iter()
+                .map(|byte| format!("{byte:02x}"))
+                .collect()
+        }),
+        name: name.unwrap_or_else(|| url.clone()),
+        url: url.clone(),
+        interval: Duration::from_secs(bounded(
+            "remote_write.interval",
+            &section.interval,
+            PUSH_INTERVAL_SECONDS,
+            15,
+        )?),
+        timeout: Duration::from_secs(bounded(
+            "remote_write.timeout",
+            &section.timeout,
+            PUSH_TIMEOUT_SECONDS,
+            30,
+        )?),
+        auth,
+        tls_ca_file: section
+            .tls_ca_file
+            .as_ref()
+            .map(|file| file.get_ref().clone()),
+        external_labels,
+        queue_max_bytes: bounded(
+            "remote_write.queue_max_bytes",
+            &section.queue_max_bytes,
+            QUEUE_BYTES,
+            DEFAULT_QUEUE_BYTES,
+        )?,
     })
 }
 
@@ -676,6 +917,90 @@ mod tests {
         let error = parse(&format!("{base}{base}")).unwrap_err().to_string();
         assert!(
             error.contains("alerts.name") && error.contains("line 7"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn reads_remote_write_targets() {
+        let config = parse(
+            "[storage]\npath = \"/srv/horcrux\"\n\
+             [[remote_write]]\nurl = \"http://prometheus:9090/api/v1/write\"\ninterval = 5\n\
+             external_labels = { instance = \"node-1\" }\nbearer_token_file = \"/etc/token\"\n\
+             [[remote_write]]\nname = \"vm\"\nurl = \"https://vm:8428/api/v1/write\"\n\
+             basic_auth_username = \"u\"\nbasic_auth_password_file = \"/etc/p\"\nqueue_max_bytes = 1048576\n",
+        )
+        .expect("valid");
+        assert_eq!(config.storage_path, Path::new("/srv/horcrux"));
+        let [first, second] = config.remote_write.as_slice() else {
+            panic!("two targets: {:?}", config.remote_write);
+        };
+        assert_eq!(first.name, "http://prometheus:9090/api/v1/write");
+        assert_eq!(first.queue_dir.len(), 16);
+        assert_eq!(first.interval, Duration::from_secs(5));
+        assert_eq!(first.queue_max_bytes, DEFAULT_QUEUE_BYTES);
+        assert_eq!(
+            first.external_labels,
+            [("instance".into(), "node-1".into())]
+        );
+        assert_eq!(
+            first.auth,
+            PushAuth::Bearer {
+                token_file: "/etc/token".into()
+            }
+        );
+        assert_eq!(
+            (second.name.as_str(), second.queue_dir.as_str()),
+            ("vm", "vm")
+        );
+        assert_eq!(second.interval, Duration::from_secs(15));
+        assert_eq!(second.queue_max_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn bad_remote_write_tables_name_key_and_line() {
+        let base = "[[remote_write]]\nurl = \"http://p:9090/api/v1/write\"\n";
+        for (extra, key, line) in [
+            ("interval = 0\n", "remote_write.interval", "line 3"),
+            (
+                "queue_max_bytes = 10\n",
+                "remote_write.queue_max_bytes",
+                "line 3",
+            ),
+            ("name = \"../x\"\n", "remote_write.name", "line 3"),
+            (
+                "external_labels = { __x = \"1\" }\n",
+                "remote_write.external_labels.__x",
+                "line 3",
+            ),
+            (
+                "basic_auth_username = \"u\"\n",
+                "remote_write.basic_auth_password_file",
+                "line 3",
+            ),
+            ("headers = 1\n", "headers", "line 3"),
+            (base, "remote_write.url", "line 4"),
+        ] {
+            let error = parse(&format!("{base}{extra}")).unwrap_err().to_string();
+            assert!(
+                error.contains(key) && error.contains(line),
+                "{key}: {error}"
+            );
+        }
+        for url in ["ftp://p/x", "p:9090", "http://user:pw@p/x"] {
+            let error = parse(&format!("[[remote_write]]\nurl = {url:?}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains("remote_write.url") && error.contains("line 2"),
+                "{error}"
+            );
+        }
+        let error = parse("[storage]\npath = \"var/lib\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("storage.path") && error.contains("line 2"),
             "{error}"
         );
     }

@@ -7,7 +7,8 @@
 //! and rate cache: [`model`], [`catalog`], [`rates`]. Collection schedule and
 //! snapshots: [`collector`]. Consumers of the snapshots: [`recorder`] (into
 //! [`history`] and [`alerts`]), [`http`] (REST, WebSocket [`messages`],
-//! Prometheus). Start-up: [`run`].
+//! Prometheus), [`export`] (remote_write push through disk queues). Start-up:
+//! [`run`].
 
 pub mod alerts;
 pub mod catalog;
@@ -18,6 +19,7 @@ pub mod config;
 pub mod crash;
 pub mod ebpf;
 pub mod error;
+pub mod export;
 pub mod health;
 pub mod history;
 pub mod http;
@@ -186,6 +188,11 @@ pub async fn run(
     let allowed_hosts =
         http::security::allowed_hosts(&config.server.allowed_hosts, listener.local_addr()?);
     let max_connections = config.server.max_connections;
+    let exports: Vec<Arc<export::TargetStatus>> = config
+        .remote_write
+        .iter()
+        .map(|target| Arc::new(export::TargetStatus::new(target)))
+        .collect();
     let state = Arc::new(http::AppState {
         config,
         intervals,
@@ -207,7 +214,9 @@ pub async fn run(
         tls: tls.clone(),
         renders: tokio::sync::Semaphore::new(http::MAX_CONCURRENT_RENDERS),
         capabilities,
+        exports: exports.clone(),
     });
+    export::spawn_all(&state, &exports);
     tracing::info!(
         listen = %listener.local_addr()?,
         tls = tls.is_some(),
@@ -303,6 +312,8 @@ async fn reload_on_sighup(
             ),
             ("ebpf.enabled", config.ebpf_enabled != running.ebpf_enabled),
             ("vms.libvirt_uri", config.libvirt_uri != running.libvirt_uri),
+            ("storage.path", config.storage_path != running.storage_path),
+            ("remote_write", config.remote_write != running.remote_write),
         ]
         .into_iter()
         .filter_map(|(key, changed)| changed.then_some(key))

@@ -42,6 +42,7 @@ const TEST_PACKAGES: &[&str] = &[
     "runc",
     "lxc",
     "prometheus",
+    "victoria-metrics",
     "chromium",
     "chromium-driver",
     "curl",

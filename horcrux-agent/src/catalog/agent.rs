@@ -1,9 +1,11 @@
 //! The agent's own families (`horcrux_agent_…`, `horcrux_collector_…`): build,
-//! collector health and supervision, eBPF programs, WebSocket clients.
+//! collector health and supervision, eBPF programs, WebSocket clients, and
+//! (`horcrux_remote_write_…`) every push target.
 
 use super::{Family, Samples, Unit};
 use crate::{
     ebpf::{EbpfStatus, ProgramStatus},
+    export::ExportView,
     health::{CollectorHealth, SupervisorView},
 };
 
@@ -19,6 +21,8 @@ pub struct AgentView {
     pub supervision: Vec<(&'static str, SupervisorView)>,
     pub ebpf: Option<EbpfStatus>,
     pub websocket_clients: u64,
+    /// Every `[[remote_write]]` target.
+    pub exports: Vec<ExportView>,
 }
 
 type F = Family<AgentView>;
@@ -130,7 +134,99 @@ pub static FAMILIES: &[F] = &[
         "Connected WebSocket clients.",
         |a, out| out.one(Some(a.websocket_clients)),
     ),
+    F::counter(
+        "remote_write_samples_queued_total",
+        Unit::Count,
+        "Samples appended to the target's disk queue.",
+        |a, out| each_export(a, out, |e| e.samples_queued),
+    )
+    .labels(&["target"]),
+    F::counter(
+        "remote_write_samples_sent_total",
+        Unit::Count,
+        "Samples the receiver acknowledged.",
+        |a, out| each_export(a, out, |e| e.samples_sent),
+    )
+    .labels(&["target"]),
+    F::counter(
+        "remote_write_samples_retried_total",
+        Unit::Count,
+        "Samples in requests that failed (connection error, 5xx, 429) and were sent again.",
+        |a, out| each_export(a, out, |e| e.samples_retried),
+    )
+    .labels(&["target"]),
+    F::counter(
+        "remote_write_samples_dropped_total",
+        Unit::Count,
+        "Samples dropped: refused by the receiver (4xx other than 429), or the \
+         oldest queued when the disk budget was full.",
+        |a, out| {
+            for export in &a.exports {
+                out.labeled(
+                    &[&export.name, "rejected"],
+                    Some(export.samples_dropped.rejected),
+                );
+                out.labeled(
+                    &[&export.name, "queue_full"],
+                    Some(export.samples_dropped.queue_full),
+                );
+            }
+        },
+    )
+    .labels(&["target", "reason"]),
+    F::gauge(
+        "remote_write_queue_samples",
+        Unit::Count,
+        "Samples on disk not yet acknowledged.",
+        |a, out| each_export(a, out, |e| e.queue_samples),
+    )
+    .labels(&["target"]),
+    F::gauge(
+        "remote_write_queue_bytes",
+        Unit::Bytes,
+        "Bytes of the target's queue segments on disk.",
+        |a, out| each_export(a, out, |e| e.queue_bytes),
+    )
+    .labels(&["target"]),
+    F::counter(
+        "remote_write_queue_corrupt_bytes_total",
+        Unit::Bytes,
+        "Damaged queue bytes found and skipped at start-up.",
+        |a, out| each_export(a, out, |e| e.corrupt_bytes),
+    )
+    .labels(&["target"]),
+    F::counter(
+        "remote_write_requests_total",
+        Unit::Count,
+        "HTTP requests sent, retries included.",
+        |a, out| each_export(a, out, |e| e.requests),
+    )
+    .labels(&["target"]),
+    F::counter(
+        "remote_write_sent_bytes_total",
+        Unit::Bytes,
+        "Acknowledged request bodies, as sent (snappy-compressed).",
+        |a, out| each_export(a, out, |e| e.sent_bytes),
+    )
+    .labels(&["target"]),
+    F::gauge(
+        "remote_write_last_success_timestamp_seconds",
+        Unit::Timestamp,
+        "Unix time of the last acknowledged request.",
+        |a, out| {
+            for export in &a.exports {
+                out.labeled(&[&export.name], export.last_success);
+            }
+        },
+    )
+    .labels(&["target"]),
 ];
+
+fn each_export(agent: &AgentView, out: &mut Samples<'_, '_>, value: fn(&ExportView) -> u64) {
+    for export in &agent.exports {
+        out.labeled(&[&export.name], Some(value(export)));
+    }
+}
 
 fn each_collector(
     agent: &AgentView,

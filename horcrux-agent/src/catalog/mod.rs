@@ -326,6 +326,124 @@ pub static AGENT: Catalog<agent::AgentView> = Catalog {
     ebpf: None,
 };
 
+/// What an output does with the catalog's families and samples: the Prometheus
+/// exposition, remote_write and OTLP each implement it, so every output walks the
+/// same families the same way ([`Catalog::visit`]).
+pub trait Visitor {
+    /// A family starts; `name` has the scope's prefix.
+    fn family(&mut self, name: &str, help: &'static str, kind: Kind, unit: Unit);
+    /// One sample of the family last started: identity labels, then the family's.
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: Value<'_>);
+}
+
+impl<T> Catalog<T> {
+    /// Every exported family of this scope over `targets`, then the cgroup and eBPF
+    /// families the scope shares.
+    pub fn visit<'a>(&self, targets: impl Iterator<Item = &'a T>, visitor: &mut impl Visitor)
+    where
+        T: 'a,
+    {
+        let identified: Vec<(Vec<&str>, &T)> = targets
+            .map(|target| ((self.identify)(target), target))
+            .collect();
+        for family in self.families {
+            self.visit_family(family, &identified, visitor);
+        }
+        if let Some(cgroup) = self.cgroup {
+            self.visit_shared(&identified, cgroup, cgroup::FAMILIES, visitor);
+        }
+        if let Some(ebpf) = self.ebpf {
+            self.visit_shared(&identified, ebpf, ebpf::FAMILIES, visitor);
+        }
+    }
+
+    /// Families several scopes share, over the part of each target they describe.
+    fn visit_shared<'a, Part>(
+        &self,
+        identified: &[(Vec<&'a str>, &'a T)],
+        part: for<'p> fn(&'p T) -> Option<&'p Part>,
+        families: &[Family<Part>],
+        visitor: &mut impl Visitor,
+    ) {
+        let scoped: Vec<(Vec<&str>, &Part)> = identified
+            .iter()
+            .filter_map(|(identity, target)| Some((identity.clone(), part(target)?)))
+            .collect();
+        for family in families {
+            self.visit_family(family, &scoped, visitor);
+        }
+    }
+
+    /// One family over `(identity label values, target)` pairs; a family not
+    /// exported to Prometheus is a history series only and is not visited.
+    fn visit_family<Target>(
+        &self,
+        family: &Family<Target>,
+        targets: &[(Vec<&str>, &Target)],
+        visitor: &mut impl Visitor,
+    ) {
+        let Some(name) = family.prometheus else {
+            return;
+        };
+        let name = format!("{}{name}", self.prefix);
+        visitor.family(&name, family.help, family.kind, family.unit);
+        let label_names: Vec<&str> = self.identity.iter().chain(family.labels).copied().collect();
+        for (identity_values, target) in targets {
+            family.each_sample(target, &mut |values, value| {
+                let labels: Vec<(&str, &str)> = label_names
+                    .iter()
+                    .copied()
+                    .zip(identity_values.iter().chain(values).copied())
+                    .collect();
+                match value {
+                    Value::Float(value) if !value.is_finite() => {}
+                    Value::Histogram(_) if family.kind != Kind::Histogram => {}
+                    value => visitor.sample(&name, &labels, value),
+                }
+            });
+        }
+    }
+}
+
+/// Receives `(name, labels, number)` for each Prometheus sample.
+pub type Emit<'e> = dyn FnMut(&str, &[(&str, &str)], Value<'static>) + 'e;
+
+/// A sample in Prometheus's data model, where a histogram is cumulative
+/// `_bucket`s (`le` in seconds, then `+Inf`), `_sum` (seconds) and `_count`; the
+/// model's bounds are microseconds. Calls `emit(name, labels, number)`.
+pub fn prometheus_samples(
+    name: &str,
+    labels: &[(&str, &str)],
+    value: Value<'_>,
+    emit: &mut Emit<'_>,
+) {
+    let histogram = match value {
+        Value::Integer(value) => return emit(name, labels, Value::Integer(value)),
+        Value::Float(value) => return emit(name, labels, Value::Float(value)),
+        Value::Histogram(histogram) => histogram,
+    };
+    let bucket_name = format!("{name}_bucket");
+    let with_le = |le: &str, count: u64, emit: &mut Emit<'_>| {
+        let mut labels = labels.to_vec();
+        labels.push(("le", le));
+        emit(&bucket_name, &labels, Value::Integer(count));
+    };
+    for bucket in &histogram.buckets {
+        with_le(&(bucket.le as f64 / 1e6).to_string(), bucket.count, emit);
+    }
+    with_le("+Inf", histogram.count, emit);
+    emit(
+        &format!("{name}_sum"),
+        labels,
+        Value::Float(histogram.sum / 1e6),
+    );
+    emit(
+        &format!("{name}_count"),
+        labels,
+        Value::Integer(histogram.count),
+    );
+}
+
 /// The series names of a scope, as history and alert rules accept them.
 pub fn series_names(scope: Scope) -> Vec<&'static str> {
     match scope {

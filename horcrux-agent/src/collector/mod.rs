@@ -341,14 +341,34 @@ pub fn spawn_vms(
 }
 
 /// The next cycle's start: `interval` after the last, or `interval` from now when a
-/// cycle overran (or the machine was suspended), skipping missed ticks.
+/// cycle overran (or the machine was suspended), skipping missed ticks; then
+/// moved to the middle of its wall-clock second.
 fn next_tick(last: Instant, interval: Duration) -> Instant {
     let next = last + interval;
     let now = Instant::now();
-    if next <= now || next > now + interval {
+    let next = if next <= now || next > now + interval {
         now + interval
     } else {
         next
+    };
+    mid_second(next, now)
+}
+
+/// Snapshots are stamped in whole seconds (history, remote_write): a cycle that
+/// starts half-way through a second keeps its own second even when it starts up to
+/// half a second late or early, so two 1 s cycles never share a stamp (which
+/// history would average and a receiver would refuse as a duplicate).
+fn mid_second(at: Instant, now: Instant) -> Instant {
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        + at.saturating_duration_since(now);
+    let past_half = i64::from(wall.subsec_nanos()) - 500_000_000;
+    let shift = Duration::from_nanos(past_half.unsigned_abs());
+    if past_half >= 0 {
+        at - shift
+    } else {
+        at + shift
     }
 }
 

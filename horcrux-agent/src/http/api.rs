@@ -135,6 +135,7 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Response {
             capabilities: &state.capabilities,
             max_connections: config.server.max_connections,
         },
+        remote_write: state.exports.iter().map(|status| status.view()).collect(),
     };
     Json(status).into_response()
 }
@@ -159,6 +160,9 @@ struct Status<'a> {
     config: ConfigView,
     websocket: WebsocketView,
     security: SecurityView<'a>,
+    /// Every `[[remote_write]]` target: queued, sent, retried, dropped (and why),
+    /// queue bytes on disk, last success and last error.
+    remote_write: Vec<crate::export::ExportView>,
 }
 
 #[derive(Serialize)]

@@ -29,6 +29,7 @@ use tokio::sync::broadcast;
 
 use crate::{
     alerts::AlertEngine,
+    catalog::agent::AgentView,
     cgroup::Hierarchies,
     clock,
     collector::{
@@ -76,6 +77,8 @@ pub struct AppState {
     pub renders: tokio::sync::Semaphore,
     /// Effective capabilities after start-up.
     pub capabilities: Vec<String>,
+    /// One per `[[remote_write]]` target.
+    pub exports: Vec<Arc<crate::export::TargetStatus>>,
 }
 
 /// Concurrent `/metrics` renders; further scrapes wait their turn.
@@ -90,6 +93,36 @@ impl AppState {
         self.node.borrow().is_some()
             && self.containers.borrow().is_some()
             && self.vms.borrow().is_some()
+    }
+
+    /// What the agent's own families read, from these snapshots and the
+    /// supervisors.
+    pub fn agent_view(
+        &self,
+        node: Option<&NodeSnapshot>,
+        containers: Option<&ContainerSnapshot>,
+        vms: Option<&VmSnapshot>,
+    ) -> AgentView {
+        AgentView {
+            cgroup_mode: self.hierarchies.mode().name(),
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            collectors: [
+                ("node", node.map(|n| &n.health)),
+                ("containers", containers.map(|c| &c.health)),
+                ("vms", vms.map(|v| &v.health)),
+            ]
+            .into_iter()
+            .filter_map(|(name, health)| Some((name, health?.clone())))
+            .collect(),
+            supervision: vec![
+                ("node", self.collectors.node.view()),
+                ("containers", self.collectors.containers.view()),
+                ("vms", self.collectors.vms.view()),
+            ],
+            ebpf: self.ebpf.borrow().as_ref().map(|ebpf| ebpf.status.clone()),
+            websocket_clients: self.ws_clients.load(std::sync::atomic::Ordering::Relaxed) as u64,
+            exports: self.exports.iter().map(|status| status.view()).collect(),
+        }
     }
 
     /// Every collector published within three of its intervals (at least 30 s).

@@ -378,6 +378,31 @@ async function loadAlerts() {
   renderAlerts();
 }
 
+// ---- push export status ----------------------------------------------------------
+// One line per remote_write target: healthy (acknowledged within three pushes'
+// worth of time and nothing dropped lately) or what is wrong, with the backlog.
+async function loadExport() {
+  const response = await fetch('/api/status');
+  if (!response.ok) return;
+  const targets = (await response.json()).remote_write || [];
+  const element = $('#export');
+  element.hidden = targets.length === 0;
+  const now = Date.now() / 1000;
+  const lines = targets.map((t) => {
+    const ago = t.last_success == null ? null : Math.max(0, Math.round(now - t.last_success));
+    const failing = t.last_error && (t.last_success == null || t.last_error.timestamp > t.last_success);
+    const dropped = t.samples_dropped.rejected + t.samples_dropped.queue_full;
+    let text = `${t.name}: `;
+    text += failing ? `failing (${t.last_error.message.slice(0, 120)})` : (ago == null ? 'starting' : `sent ${ago} s ago`);
+    if (t.queue_samples > 0) text += `, ${t.queue_samples} samples queued`;
+    if (dropped > 0) text += `, ${dropped} dropped`;
+    return { text, failing };
+  });
+  element.textContent = `export: ${lines.map((l) => l.text).join('; ')}`;
+  element.className = lines.some((l) => l.failing) ? 'state reconnecting' : '';
+  element.dataset.failing = String(lines.some((l) => l.failing));
+}
+
 // ---- WebSocket with reconnect ---------------------------------------------------
 let retryDelay = 1000;
 function setConnection(name, text) {
@@ -429,5 +454,7 @@ for (const table of ['#containers', '#vms']) {
 $('#detail-close').addEventListener('click', closeDetail);
 window.addEventListener('resize', drawCharts);
 setInterval(refreshDetail, 5000);
+setInterval(loadExport, 5000);
+loadExport();
 seedNodeHistory();
 connect();
