@@ -358,6 +358,35 @@ async fn a_vm_appears_and_its_detail_shows_per_vcpu_bars_and_steal() {
 
 /// Serves one HTML page from another origin (a second loopback port), as any web
 /// page a browser on the node might load.
+/// After a restart, the charts start with the history from before it (read back
+/// from the history file).
+#[tokio::test(flavor = "multi_thread")]
+async fn charts_show_the_history_from_before_a_restart() {
+    require_browser();
+    let storage = tempfile::tempdir().expect("storage");
+    let config = format!(
+        "[monitoring]\nenable_history = true\n[storage]\npath = \"{}\"\n",
+        storage.path().display()
+    );
+    let mut first = Agent::start(&config);
+    first.wait_for_cycles(8).await;
+    assert!(first.terminate(), "clean exit");
+    let restarted_at = horcrux_agent::clock::unix_seconds();
+    let agent = Agent::start(&config);
+    agent.wait_for_cycles(1).await;
+    let browser = Browser::start().await;
+    browser.open(&agent.url("/")).await;
+    browser.wait_live().await;
+    let earlier = browser
+        .wait_for(
+            "points from before the restart",
+            &format!("return state.series.memory.filter((p) => p.t < {restarted_at}).length"),
+            |v| v.as_u64() >= Some(6),
+        )
+        .await;
+    assert!(earlier.as_u64() >= Some(6), "{earlier}");
+}
+
 /// A remote_write target whose receiver is down shows as failing, with its backlog.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_header_shows_a_failing_export_target() {

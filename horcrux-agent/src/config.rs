@@ -44,6 +44,11 @@ pub struct Config {
     pub alerts: Vec<Rule>,
     /// `[storage] path`.
     pub storage_path: PathBuf,
+    /// `[storage] history_checkpoint_interval`: how often history is written to
+    /// `<path>/history.dat` (with `enable_history`).
+    pub history_checkpoint_interval: Duration,
+    /// `[storage] history_max_bytes`: the history file's budget.
+    pub history_max_bytes: u64,
     /// `[[remote_write]]` targets, each with its own queue under `storage_path`.
     pub remote_write: Vec<RemoteWriteTarget>,
 }
@@ -143,6 +148,8 @@ impl Default for Config {
             libvirt_uri: Some(DEFAULT_LIBVIRT_URI.to_owned()),
             alerts: Vec::new(),
             storage_path: PathBuf::from(DEFAULT_STORAGE_PATH),
+            history_checkpoint_interval: Duration::from_secs(60),
+            history_max_bytes: 256 << 20,
             remote_write: Vec::new(),
         }
     }
@@ -189,6 +196,8 @@ struct File {
 #[serde(deny_unknown_fields)]
 struct StorageSection {
     path: Option<Spanned<PathBuf>>,
+    history_checkpoint_interval: Option<Spanned<u64>>,
+    history_max_bytes: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -274,6 +283,7 @@ const PUSH_INTERVAL_SECONDS: RangeInclusive<u64> = 1..=3600;
 const PUSH_TIMEOUT_SECONDS: RangeInclusive<u64> = 1..=300;
 const QUEUE_BYTES: RangeInclusive<u64> = (64 << 10)..=(1 << 40);
 const DEFAULT_QUEUE_BYTES: u64 = 256 << 20;
+const CHECKPOINT_SECONDS: RangeInclusive<u64> = 10..=3600;
 
 impl Config {
     /// Loads `path`. A missing file at the default path means defaults; a missing
@@ -405,6 +415,18 @@ impl Config {
                     ));
                 }
             },
+            history_checkpoint_interval: seconds(
+                "storage.history_checkpoint_interval",
+                &file.storage.history_checkpoint_interval,
+                CHECKPOINT_SECONDS,
+                defaults.history_checkpoint_interval,
+            )?,
+            history_max_bytes: bounded(
+                "storage.history_max_bytes",
+                &file.storage.history_max_bytes,
+                QUEUE_BYTES,
+                defaults.history_max_bytes,
+            )?,
             remote_write: file
                 .remote_write
                 .iter()
@@ -996,6 +1018,13 @@ mod tests {
                 "{error}"
             );
         }
+        let error = parse("[storage]\nhistory_checkpoint_interval = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("storage.history_checkpoint_interval") && error.contains("line 2"),
+            "{error}"
+        );
         let error = parse("[storage]\npath = \"var/lib\"\n")
             .unwrap_err()
             .to_string();

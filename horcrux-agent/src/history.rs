@@ -8,12 +8,24 @@
 //! per series is fixed (see [`bytes_per_series`]) whatever the wall clock does:
 //! samples are placed on the steady clock ([`crate::clock`]) and shown on the wall
 //! clock as it reads when queried. HTTP handlers query.
+//!
+//! [`HistoryFile`] keeps it across restarts: a checkpoint file of checksummed
+//! per-series records ([`crate::records`]) under `[storage] path`, read back at
+//! start-up (damage skipped and counted) and rewritten every
+//! `history_checkpoint_interval` and at shutdown.
 
-use std::collections::{HashMap, VecDeque};
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex, PoisonError},
+};
 
 use serde::Serialize;
 
-use crate::{catalog::Scope, clock::Stamp};
+use crate::{
+    catalog::Scope,
+    clock::{self, Stamp},
+    records,
+};
 
 /// Full-resolution window.
 pub const RAW_WINDOW_SECONDS: u64 = 3600;
@@ -214,6 +226,324 @@ impl History {
     pub fn series_count(&self) -> usize {
         self.series.len()
     }
+
+    /// The whole history as a history file: one checksummed record per series
+    /// ([`crate::records`]), wall-clock timestamps as of `at`, node series first;
+    /// series that would take the file past `budget` bytes are left out (counted).
+    pub fn checkpoint(&self, at: Stamp, budget: u64) -> (Vec<u8>, Checkpoint) {
+        let mut keys: Vec<&SeriesKey> = self.series.keys().collect();
+        keys.sort_by(|a, b| (a.scope, &a.target, a.metric).cmp(&(b.scope, &b.target, b.metric)));
+        let mut file = HISTORY_MAGIC.to_vec();
+        let mut report = Checkpoint::default();
+        for key in keys {
+            let Some(series) = self.series.get(key) else {
+                continue;
+            };
+            let payload = encode_series(key, series, at);
+            let points = (series.raw.len() + series.buckets.len()) as u64;
+            let record = records::encode_record(points, at.unix as i64 * 1000, &payload);
+            if (file.len() + record.len()) as u64 > budget {
+                report.omitted_series += 1;
+                continue;
+            }
+            file.extend_from_slice(&record);
+            report.series += 1;
+            report.points += points;
+        }
+        report.bytes = file.len() as u64;
+        (file, report)
+    }
+
+    /// Adds the series of a history file read at start-up, before anything is
+    /// recorded: intact records are kept, damage skipped and counted, series the
+    /// catalog no longer has left out.
+    pub fn restore(&mut self, file: &[u8], at: Stamp) -> Restored {
+        let scan = records::scan(file, HISTORY_MAGIC);
+        let mut report = Restored {
+            damaged_bytes: scan.corrupt_bytes,
+            ..Restored::default()
+        };
+        for span in &scan.records {
+            let payload = &file[span.offset as usize + records::HEADER_LEN..span.end as usize];
+            let Some((key, raw, buckets)) = decode_series(payload, at) else {
+                report.skipped_series += 1;
+                continue;
+            };
+            report.series += 1;
+            report.points += (raw.len() + buckets.len()) as u64;
+            let series = self.series.entry(key.clone()).or_default();
+            series.buckets = buckets;
+            series.raw.clear();
+            // Replayed in order, so raw points now older than the raw window become
+            // buckets and points beyond the retention go, as if recorded live.
+            for (steady, value) in raw {
+                self.record(key.clone(), steady, value);
+            }
+        }
+        report
+    }
+}
+
+/// The history file's magic (`<[storage] path>/history.dat`).
+pub const HISTORY_MAGIC: &[u8; 8] = b"HXHIST01";
+
+/// What a checkpoint wrote.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Checkpoint {
+    pub series: u64,
+    pub points: u64,
+    pub bytes: u64,
+    /// Series left out to stay within `history_max_bytes`.
+    pub omitted_series: u64,
+}
+
+/// What start-up read back.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Restored {
+    pub series: u64,
+    /// Raw points and 5-minute buckets.
+    pub points: u64,
+    /// Bytes that did not check out (skipped).
+    pub damaged_bytes: u64,
+    /// Intact records that did not decode, or name a series the catalog no longer has.
+    pub skipped_series: u64,
+}
+
+/// A series record's payload, snappy-compressed: scope (u8), target and metric
+/// (u16 length + UTF-8), raw points (u32 count, then Unix seconds u64 + value f64),
+/// buckets (u32 count, then start u64, min, max, sum f64, count u32); little-endian.
+fn encode_series(key: &SeriesKey, series: &Series, at: Stamp) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + series.raw.len() * 16 + series.buckets.len() * 36);
+    out.push(scope_code(key.scope));
+    for text in [key.target.as_str(), key.metric] {
+        let bytes = &text.as_bytes()[..text.len().min(usize::from(u16::MAX))];
+        out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
+        out.extend_from_slice(bytes);
+    }
+    out.extend_from_slice(&(series.raw.len() as u32).to_le_bytes());
+    for &(steady, value) in &series.raw {
+        out.extend_from_slice(&at.unix_of(steady).to_le_bytes());
+        out.extend_from_slice(&value.to_le_bytes());
+    }
+    out.extend_from_slice(&(series.buckets.len() as u32).to_le_bytes());
+    for bucket in &series.buckets {
+        out.extend_from_slice(&at.unix_of(bucket.start).to_le_bytes());
+        for value in [bucket.min, bucket.max, bucket.sum] {
+            out.extend_from_slice(&value.to_le_bytes());
+        }
+        out.extend_from_slice(&bucket.count.to_le_bytes());
+    }
+    snap::raw::Encoder::new()
+        .compress_vec(&out)
+        .unwrap_or_default()
+}
+
+type Decoded = (SeriesKey, Vec<(u64, f64)>, VecDeque<Bucket>);
+
+fn decode_series(payload: &[u8], at: Stamp) -> Option<Decoded> {
+    let bytes = snap::raw::Decoder::new().decompress_vec(payload).ok()?;
+    let mut reader = Reader(&bytes);
+    let scope = scope_of(reader.take(1)?[0])?;
+    let mut text = || -> Option<String> {
+        let length = usize::from(u16::from_le_bytes(reader.take(2)?.try_into().ok()?));
+        String::from_utf8(reader.take(length)?.to_vec()).ok()
+    };
+    let target = text()?;
+    let metric = crate::catalog::series_name(scope, &text()?)?;
+    let raw_count = reader.u32()? as usize;
+    let mut raw = Vec::with_capacity(raw_count.min(bytes.len() / 16));
+    for _ in 0..raw_count {
+        raw.push((at.steady_of(reader.u64()?), reader.f64()?));
+    }
+    let bucket_count = reader.u32()? as usize;
+    let mut buckets = VecDeque::with_capacity(bucket_count.min(bytes.len() / 36));
+    for _ in 0..bucket_count {
+        let start = at.steady_of(reader.u64()?);
+        buckets.push_back(Bucket {
+            start: start - start % BUCKET_SECONDS,
+            min: reader.f64()?,
+            max: reader.f64()?,
+            sum: reader.f64()?,
+            count: reader.u32()?,
+        });
+    }
+    let key = SeriesKey {
+        scope,
+        target,
+        metric,
+    };
+    Some((key, raw, buckets))
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, count: usize) -> Option<&'a [u8]> {
+        let (head, rest) = self.0.split_at_checked(count)?;
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+
+    fn f64(&mut self) -> Option<f64> {
+        Some(f64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+}
+
+fn scope_code(scope: Scope) -> u8 {
+    match scope {
+        Scope::Node => 0,
+        Scope::Container => 1,
+        Scope::Vm => 2,
+        Scope::Agent => 3,
+    }
+}
+
+fn scope_of(code: u8) -> Option<Scope> {
+    [Scope::Node, Scope::Container, Scope::Vm, Scope::Agent]
+        .into_iter()
+        .find(|scope| scope_code(*scope) == code)
+}
+
+/// The history file's state, for `/api/status`.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct FileStatus {
+    pub path: std::path::PathBuf,
+    pub restored: Option<Restored>,
+    pub last_checkpoint: Option<Checkpoint>,
+    /// Unix seconds of the last checkpoint written.
+    pub last_checkpoint_at: Option<u64>,
+    pub last_error: Option<String>,
+}
+
+/// Keeps history across restarts: reads `path` back at start-up, then writes a
+/// checkpoint every `interval` (and once more at shutdown, [`HistoryFile::save`])
+/// through a temporary file and a rename. A process killed outright loses at
+/// most one interval.
+pub struct HistoryFile {
+    history: Arc<Mutex<History>>,
+    budget: u64,
+    pub status: Arc<Mutex<FileStatus>>,
+}
+
+impl HistoryFile {
+    pub fn open(history: Arc<Mutex<History>>, path: std::path::PathBuf, budget: u64) -> Self {
+        let mut status = FileStatus {
+            path: path.clone(),
+            ..FileStatus::default()
+        };
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let restored = history
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .restore(&bytes, clock::now());
+                if restored.damaged_bytes > 0 || restored.skipped_series > 0 {
+                    tracing::warn!(
+                        path = %path.display(),
+                        series = restored.series,
+                        damaged_bytes = restored.damaged_bytes,
+                        skipped_series = restored.skipped_series,
+                        "history file damaged: restored what checked out"
+                    );
+                } else {
+                    tracing::info!(
+                        series = restored.series,
+                        points = restored.points,
+                        "history restored"
+                    );
+                }
+                status.restored = Some(restored);
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => {
+                tracing::warn!(path = %path.display(), "history file not read: {error}");
+                status.last_error = Some(format!("reading: {error}"));
+            }
+        }
+        Self {
+            history,
+            budget,
+            status: Arc::new(Mutex::new(status)),
+        }
+    }
+
+    /// Writes a checkpoint every `interval` on a thread of its own.
+    pub fn spawn_checkpoints(&self, interval: std::time::Duration) -> std::io::Result<()> {
+        let writer = Self {
+            history: Arc::clone(&self.history),
+            budget: self.budget,
+            status: Arc::clone(&self.status),
+        };
+        std::thread::Builder::new()
+            .name("history-file".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(interval);
+                    writer.save();
+                }
+            })
+            .map(drop)
+    }
+
+    /// Writes a checkpoint now (encoded under the lock, written outside it).
+    pub fn save(&self) {
+        let at = clock::now();
+        let (bytes, checkpoint) = self
+            .history
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .checkpoint(at, self.budget);
+        let path = self
+            .status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .path
+            .clone();
+        let written = path
+            .parent()
+            .map_or(Ok(()), |dir| {
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+            })
+            .and_then(|()| records::rewrite(&path, &bytes));
+        let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        match written {
+            Ok(()) => {
+                if checkpoint.omitted_series > 0
+                    && status
+                        .last_checkpoint
+                        .as_ref()
+                        .is_none_or(|last| last.omitted_series == 0)
+                {
+                    tracing::warn!(
+                        omitted_series = checkpoint.omitted_series,
+                        budget = self.budget,
+                        "history file budget reached: series left out"
+                    );
+                }
+                status.last_checkpoint = Some(checkpoint);
+                status.last_checkpoint_at = Some(at.unix);
+                status.last_error = None;
+            }
+            Err(error) => {
+                if status.last_error.is_none() {
+                    tracing::warn!(path = %path.display(), "history checkpoint not written: {error}");
+                }
+                status.last_error = Some(format!("writing: {error}"));
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -242,6 +572,57 @@ mod tests {
             unix: seconds,
             steady: seconds,
         }
+    }
+
+    #[test]
+    fn a_checkpoint_restores_raw_points_and_buckets_and_skips_garbage() {
+        let mut history = History::new(86_400);
+        let start = 1_000_000;
+        // Two hours at 10 s: the first hour in buckets, the second raw.
+        for offset in (0..7200).step_by(10) {
+            history.record(node("cpu_usage"), start + offset, offset as f64);
+            history.record(container("/docker/a"), start + offset, 1.5);
+        }
+        let at = steady(start + 7200);
+        let (file, checkpoint) = history.checkpoint(at, u64::MAX);
+        assert_eq!(checkpoint.series, 2);
+        let mut restored = History::new(86_400);
+        let report = restored.restore(&file, at);
+        assert_eq!((report.series, report.damaged_bytes), (2, 0));
+        for key in [node("cpu_usage"), container("/docker/a")] {
+            for (range, step) in [(600, 1), (7200, 300)] {
+                assert_eq!(
+                    restored.query(&key, at, range, step),
+                    history.query(&key, at, range, step)
+                );
+            }
+        }
+        // After a restart 100 s later (a new process anchors its steady clock to
+        // the wall clock), the same wall-clock points.
+        let later = steady(at.unix + 100);
+        let mut moved = History::new(86_400);
+        moved.restore(&file, later);
+        assert_eq!(
+            moved.query(&node("cpu_usage"), later, 700, 1),
+            history.query(
+                &node("cpu_usage"),
+                Stamp {
+                    unix: at.unix + 100,
+                    steady: at.steady + 100
+                },
+                700,
+                1
+            )
+        );
+        let (small, limited) = history.checkpoint(at, 3000);
+        assert_eq!(limited.omitted_series, 1, "{limited:?}");
+        assert!(small.len() <= 3000);
+        let garbage: Vec<u8> = HISTORY_MAGIC
+            .iter()
+            .copied()
+            .chain((0..5000).map(|i| (i * 7 % 256) as u8))
+            .collect();
+        assert_eq!(History::new(60).restore(&garbage, at).series, 0);
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub mod process;
 pub mod procfs;
 pub mod rates;
 pub mod recorder;
+pub mod records;
 pub mod statfs;
 mod systemd;
 pub mod vm;
@@ -128,6 +129,17 @@ pub async fn run(
             config.history_retention.as_secs(),
         )))
     });
+    // Read back before anything is recorded, so restored points come first.
+    let history_file = history.as_ref().map(|history| {
+        history::HistoryFile::open(
+            Arc::clone(history),
+            config.storage_path.join("history.dat"),
+            config.history_max_bytes,
+        )
+    });
+    if let Some(file) = &history_file {
+        file.spawn_checkpoints(config.history_checkpoint_interval)?;
+    }
     let alerts = Arc::new(Mutex::new(alerts::AlertEngine::new(config.alerts.clone())));
     let (node_tx, node_rx) = watch::channel(None);
     let (containers_tx, containers_rx) = watch::channel(None);
@@ -215,6 +227,7 @@ pub async fn run(
         renders: tokio::sync::Semaphore::new(http::MAX_CONCURRENT_RENDERS),
         capabilities,
         exports: exports.clone(),
+        history_file: history_file.as_ref().map(|file| Arc::clone(&file.status)),
     });
     export::spawn_all(&state, &exports);
     tracing::info!(
@@ -238,6 +251,9 @@ pub async fn run(
         shutdown_signal(),
     )
     .await?;
+    if let Some(file) = &history_file {
+        file.save();
+    }
     Ok(())
 }
 
@@ -312,7 +328,12 @@ async fn reload_on_sighup(
             ),
             ("ebpf.enabled", config.ebpf_enabled != running.ebpf_enabled),
             ("vms.libvirt_uri", config.libvirt_uri != running.libvirt_uri),
-            ("storage.path", config.storage_path != running.storage_path),
+            (
+                "storage",
+                config.storage_path != running.storage_path
+                    || config.history_checkpoint_interval != running.history_checkpoint_interval
+                    || config.history_max_bytes != running.history_max_bytes,
+            ),
             ("remote_write", config.remote_write != running.remote_write),
         ]
         .into_iter()

@@ -38,6 +38,9 @@ pub struct Agent {
     child: Child,
     pub addr: SocketAddr,
     config: tempfile::NamedTempFile,
+    /// `[storage] path` when the config names none: the history file and queues
+    /// of one test never reach another's agent (nor `/var/lib/horcrux`).
+    storage: tempfile::TempDir,
 }
 
 impl Agent {
@@ -67,7 +70,8 @@ impl Agent {
 
     /// Replaces the config file's text (the agent reads it again on SIGHUP).
     pub fn rewrite_config(&self, text: &str) {
-        std::fs::write(self.config.path(), text).expect("rewrite config");
+        std::fs::write(self.config.path(), with_storage(text, self.storage.path()))
+            .expect("rewrite config");
     }
 
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
@@ -82,13 +86,17 @@ impl Agent {
 
     fn spawn(config: &str, user: Option<u32>, env: &[(&str, &str)], node_interval: u64) -> Agent {
         use std::os::unix::{fs::PermissionsExt, process::CommandExt};
+        let storage = tempfile::tempdir().expect("storage dir");
         let mut file = tempfile::NamedTempFile::new().expect("temp config");
-        file.write_all(config.as_bytes()).expect("write config");
+        file.write_all(with_storage(config, storage.path()).as_bytes())
+            .expect("write config");
         let addr = free_port();
         let mut command = Command::new(env!("CARGO_BIN_EXE_horcrux-agent"));
         if let Some(id) = user {
             std::fs::set_permissions(file.path(), std::fs::Permissions::from_mode(0o644))
                 .expect("config readable by the agent's user");
+            std::fs::set_permissions(storage.path(), std::fs::Permissions::from_mode(0o777))
+                .expect("storage writable by the agent's user");
             command.uid(id).gid(id);
         }
         let child = command
@@ -109,6 +117,7 @@ impl Agent {
             child,
             addr,
             config: file,
+            storage,
         }
     }
 
@@ -201,6 +210,15 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// `config` with a `[storage]` table at `dir` unless it has its own.
+fn with_storage(config: &str, dir: &std::path::Path) -> String {
+    if config.contains("[storage]") {
+        config.to_owned()
+    } else {
+        format!("{config}\n[storage]\npath = \"{}\"\n", dir.display())
     }
 }
 

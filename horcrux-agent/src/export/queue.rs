@@ -4,23 +4,15 @@
 //! the disk budget.
 //!
 //! Layout (documented in `docs/export.md`): a directory of segment files
-//! `<sequence:020>.seg`, each the 8-byte magic `HXQUEUE1` then records:
-//!
-//! | bytes | field |
-//! |---|---|
-//! | 4 | record magic `0x48585231` (little-endian, like every field) |
-//! | 4 | payload length |
-//! | 4 | samples in the payload |
-//! | 8 | newest sample's timestamp, Unix milliseconds |
-//! | 4 | CRC-32 (IEEE) of the three fields above and the payload |
-//! | n | payload |
-//!
+//! `<sequence:020>.seg`, each the 8-byte magic `HXQUEUE1` then checksummed records
+//! ([`crate::records`]; the count field holds the record's samples),
 //! and a file `cursor` (`<sequence> <offset> <samples consumed in that segment>`)
 //! naming the first record not yet acknowledged, replaced atomically. At start-up
 //! every segment is checked: a damaged record is skipped up to the next record
 //! that checks out (the record magic lets the scan find it), a torn or damaged
 //! tail is truncated, and both are counted, never fatal.
 
+use crate::records::{self, HEADER_LEN, Scan, checksum, encode_record, parse_header, rewrite};
 use std::{
     collections::VecDeque,
     fs::{self, File, OpenOptions},
@@ -30,10 +22,6 @@ use std::{
 };
 
 const SEGMENT_MAGIC: &[u8; 8] = b"HXQUEUE1";
-const RECORD_MAGIC: u32 = 0x4858_5231;
-const HEADER_LEN: usize = 24;
-/// A record longer than this is damage, not data (a sample batch is far smaller).
-const MAX_RECORD: usize = 64 << 20;
 const CURSOR_FILE: &str = "cursor";
 
 /// Where a record starts: a segment's sequence number and a byte offset.
@@ -108,7 +96,7 @@ impl Queue {
         for sequence in sequences {
             let path = segment_path(dir, sequence);
             let bytes = fs::read(&path)?;
-            let mut scan = scan(&bytes);
+            let mut scan = records::scan(&bytes, SEGMENT_MAGIC);
             recovery.records += scan.records.len() as u64;
             recovery.corrupt_bytes += scan.corrupt_bytes;
             if scan.corrupt_bytes > 0 {
@@ -123,7 +111,7 @@ impl Queue {
                 if let (Some((position, _)), Some(offset)) = (cursor.as_mut(), moved) {
                     position.offset = offset;
                 }
-                scan = self::scan(&compacted);
+                scan = records::scan(&compacted, SEGMENT_MAGIC);
             }
             boundaries.push((sequence, scan.records.clone()));
             segments.push_back(Segment {
@@ -384,20 +372,6 @@ fn compact(
     (compacted, moved)
 }
 
-/// Replaces a file through a temporary one and a rename.
-fn rewrite(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let temporary = path.with_extension("tmp");
-    let mut file = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&temporary)?;
-    file.write_all(bytes)?;
-    file.sync_data()?;
-    fs::rename(temporary, path)
-}
-
 fn segment_path(dir: &Path, sequence: u64) -> PathBuf {
     dir.join(format!("{sequence:020}.seg"))
 }
@@ -436,112 +410,6 @@ fn write_cursor(dir: &Path, cursor: Position, consumed: u64) -> io::Result<()> {
         &dir.join(CURSOR_FILE),
         format!("{} {} {consumed}\n", cursor.segment, cursor.offset).as_bytes(),
     )
-}
-
-pub fn encode_record(samples: u64, timestamp_ms: i64, payload: &[u8]) -> Vec<u8> {
-    let mut record = Vec::with_capacity(HEADER_LEN + payload.len());
-    record.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
-    record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    record.extend_from_slice(&(samples.min(u64::from(u32::MAX)) as u32).to_le_bytes());
-    record.extend_from_slice(&timestamp_ms.to_le_bytes());
-    record.extend_from_slice(&[0; 4]);
-    let crc = checksum(&record, payload);
-    record[20..24].copy_from_slice(&crc.to_le_bytes());
-    record.extend_from_slice(payload);
-    record
-}
-
-struct Header {
-    length: usize,
-    samples: u64,
-    crc: u32,
-}
-
-fn parse_header(header: &[u8]) -> Option<Header> {
-    let field = |at: usize| -> Option<u32> {
-        Some(u32::from_le_bytes(header.get(at..at + 4)?.try_into().ok()?))
-    };
-    if field(0)? != RECORD_MAGIC {
-        return None;
-    }
-    let length = field(4)? as usize;
-    (length <= MAX_RECORD).then_some(Header {
-        length,
-        samples: u64::from(field(8)?),
-        crc: field(20)?,
-    })
-}
-
-/// CRC-32 of the header's length, samples and timestamp fields and the payload.
-fn checksum(header: &[u8], payload: &[u8]) -> u32 {
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&header[4..20]);
-    hasher.update(payload);
-    hasher.finalize()
-}
-
-#[derive(Debug, Clone)]
-pub struct RecordSpan {
-    pub offset: u64,
-    pub end: u64,
-    pub samples: u64,
-}
-
-#[derive(Debug)]
-pub struct Scan {
-    pub records: Vec<RecordSpan>,
-    /// Where the last intact record ends: bytes after it are a damaged tail.
-    pub valid_end: usize,
-    /// Damaged bytes: skipped between intact records, plus the tail.
-    pub corrupt_bytes: u64,
-}
-
-/// Checks a whole segment file: every intact record, resynchronising on the
-/// record magic after damage. A file without the segment magic holds nothing.
-pub fn scan(bytes: &[u8]) -> Scan {
-    let mut records = Vec::new();
-    let start = SEGMENT_MAGIC.len();
-    if bytes.get(..start) != Some(SEGMENT_MAGIC) {
-        return Scan {
-            records,
-            valid_end: 0,
-            corrupt_bytes: bytes.len() as u64,
-        };
-    }
-    let mut at = start;
-    let mut valid_end = start;
-    let mut corrupt_bytes = 0;
-    while at + HEADER_LEN <= bytes.len() {
-        match record_at(bytes, at) {
-            Some(end) => {
-                corrupt_bytes += (at - valid_end) as u64;
-                let samples = parse_header(&bytes[at..]).map_or(0, |header| header.samples);
-                records.push(RecordSpan {
-                    offset: at as u64,
-                    end: end as u64,
-                    samples,
-                });
-                at = end;
-                valid_end = end;
-            }
-            None => at += 1,
-        }
-    }
-    corrupt_bytes += (bytes.len() - valid_end) as u64;
-    Scan {
-        records,
-        valid_end,
-        corrupt_bytes,
-    }
-}
-
-/// The end of the intact record at `at`, if there is one.
-fn record_at(bytes: &[u8], at: usize) -> Option<usize> {
-    let header = bytes.get(at..at + HEADER_LEN)?;
-    let parsed = parse_header(header)?;
-    let end = at + HEADER_LEN + parsed.length;
-    let payload = bytes.get(at + HEADER_LEN..end)?;
-    (checksum(header, payload) == parsed.crc).then_some(end)
 }
 
 #[cfg(test)]
@@ -623,16 +491,5 @@ mod tests {
             payloads.iter().map(|p| p[0]).collect::<Vec<_>>(),
             [0, 2, 3, 4]
         );
-    }
-
-    #[test]
-    fn scan_never_panics_on_garbage() {
-        let mut bytes = SEGMENT_MAGIC.to_vec();
-        bytes.extend(RECORD_MAGIC.to_le_bytes());
-        bytes.extend(u32::MAX.to_le_bytes());
-        bytes.extend([0xff; 40]);
-        let scan = scan(&bytes);
-        assert!(scan.records.is_empty());
-        assert_eq!(scan.valid_end, SEGMENT_MAGIC.len());
     }
 }

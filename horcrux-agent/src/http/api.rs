@@ -136,6 +136,12 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Response {
             max_connections: config.server.max_connections,
         },
         remote_write: state.exports.iter().map(|status| status.view()).collect(),
+        history_file: state.history_file.as_ref().map(|status| {
+            status
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+        }),
     };
     Json(status).into_response()
 }
@@ -163,6 +169,8 @@ struct Status<'a> {
     /// Every `[[remote_write]]` target: queued, sent, retried, dropped (and why),
     /// queue bytes on disk, last success and last error.
     remote_write: Vec<crate::export::ExportView>,
+    /// What start-up restored from the history file and the last checkpoint.
+    history_file: Option<crate::history::FileStatus>,
 }
 
 #[derive(Serialize)]

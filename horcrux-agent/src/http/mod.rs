@@ -79,6 +79,8 @@ pub struct AppState {
     pub capabilities: Vec<String>,
     /// One per `[[remote_write]]` target.
     pub exports: Vec<Arc<crate::export::TargetStatus>>,
+    /// The history file (with `enable_history`).
+    pub history_file: Option<Arc<Mutex<crate::history::FileStatus>>>,
 }
 
 /// Concurrent `/metrics` renders; further scrapes wait their turn.
