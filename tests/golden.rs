@@ -22,6 +22,7 @@ use horcrux_agent::{
         containers::ContainerCollector,
         node::{NodeCollector, NodeSources},
     },
+    config::Protocol,
     ebpf::EbpfPrograms,
     export::{DroppedView, ExportView},
     health::{CollectorHealth, SupervisorView},
@@ -108,6 +109,7 @@ fn agent(mode: &str) -> AgentView {
         ebpf: Some(EbpfPrograms::disabled().status()),
         websocket_clients: 0,
         exports: vec![ExportView {
+            protocol: Protocol::RemoteWrite,
             name: "central".into(),
             url: "http://prometheus:9090/api/v1/write".into(),
             samples_queued: 1200,

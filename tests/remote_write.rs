@@ -201,7 +201,7 @@ async fn history(agent: &Agent, path: &str) -> Vec<(i64, f64)> {
 
 async fn export_status(agent: &Agent) -> Value {
     let (_, status) = agent.get("/api/status").await;
-    status["remote_write"][0].clone()
+    status["exports"][0].clone()
 }
 
 /// Every history point the receiver also has is equal there; returns how many
@@ -557,7 +557,9 @@ async fn a_damaged_queue_is_recovered_and_reported() {
     );
     let metrics = agent.text("/metrics").await;
     assert!(
-        metrics.contains("horcrux_remote_write_queue_corrupt_bytes_total{target=\"central\"}"),
+        metrics.contains(
+            "horcrux_export_queue_corrupt_bytes_total{protocol=\"remote_write\",target=\"central\"}"
+        ),
         "exported"
     );
     let samples = receiver.wait_for("horcrux_node_load1", 600, 10).await;
@@ -638,7 +640,7 @@ async fn retries_5xx_and_429_and_counts_a_400_as_refused() {
     let metrics = agent.text("/metrics").await;
     assert!(
         metrics.contains(
-            "horcrux_remote_write_samples_dropped_total{target=\"central\",reason=\"rejected\"}"
+            "horcrux_export_samples_dropped_total{protocol=\"remote_write\",target=\"central\",reason=\"rejected\"}"
         ),
         "exported"
     );

@@ -321,7 +321,7 @@ fn remote_write() {
             let mut body = String::new();
             let _ = stream.read_to_string(&mut body);
             let json = body.split_once("\r\n\r\n").map_or("", |(_, json)| json);
-            serde_json::from_str::<serde_json::Value>(json).unwrap_or_default()["remote_write"][0]
+            serde_json::from_str::<serde_json::Value>(json).unwrap_or_default()["exports"][0]
                 .clone()
         };
         let window = Duration::from_secs(30);

@@ -49,18 +49,50 @@ pub struct Config {
     pub history_checkpoint_interval: Duration,
     /// `[storage] history_max_bytes`: the history file's budget.
     pub history_max_bytes: u64,
-    /// `[[remote_write]]` targets, each with its own queue under `storage_path`.
-    pub remote_write: Vec<RemoteWriteTarget>,
+    /// `[[remote_write]]` and `[[otlp]]` targets, each with its own queue under
+    /// `storage_path`.
+    pub exports: Vec<PushTarget>,
 }
 
-/// One `[[remote_write]]` table.
+/// What a push target speaks.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// Prometheus remote_write 1.0 (`[[remote_write]]`).
+    #[default]
+    RemoteWrite,
+    /// OTLP/HTTP protobuf metrics (`[[otlp]]`).
+    Otlp,
+}
+
+impl Protocol {
+    /// The config table, the `protocol` label and the queue directory's parent.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::RemoteWrite => "remote_write",
+            Self::Otlp => "otlp",
+        }
+    }
+
+    /// The key naming the receiver, and the key of the labels added to what is sent.
+    fn keys(self) -> (&'static str, &'static str) {
+        match self {
+            Self::RemoteWrite => ("url", "external_labels"),
+            Self::Otlp => ("endpoint", "resource_attributes"),
+        }
+    }
+}
+
+/// One `[[remote_write]]` or `[[otlp]]` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RemoteWriteTarget {
+pub struct PushTarget {
+    pub protocol: Protocol,
     /// `name`, or the URL: the `target` label of the export metrics.
     pub name: String,
-    /// The queue's directory under `[storage] path`/remote_write: `name`, or a
-    /// hash of the URL.
+    /// The queue's directory under `[storage] path`/<protocol>: `name`, or a hash
+    /// of the URL.
     pub queue_dir: String,
+    /// `url` (remote_write) or `endpoint` (OTLP).
     pub url: String,
     /// Seconds between samplings of the latest snapshots (and pushes).
     pub interval: Duration,
@@ -69,7 +101,8 @@ pub struct RemoteWriteTarget {
     pub auth: PushAuth,
     /// PEM CAs trusted for an https URL besides the system's.
     pub tls_ca_file: Option<PathBuf>,
-    pub external_labels: Vec<(String, String)>,
+    /// `external_labels` (remote_write) or `resource_attributes` (OTLP).
+    pub labels: Vec<(String, String)>,
     pub queue_max_bytes: u64,
 }
 
@@ -150,7 +183,7 @@ impl Default for Config {
             storage_path: PathBuf::from(DEFAULT_STORAGE_PATH),
             history_checkpoint_interval: Duration::from_secs(60),
             history_max_bytes: 256 << 20,
-            remote_write: Vec::new(),
+            exports: Vec::new(),
         }
     }
 }
@@ -189,7 +222,9 @@ struct File {
     #[serde(default)]
     storage: StorageSection,
     #[serde(default)]
-    remote_write: Vec<RemoteWriteSection>,
+    remote_write: Vec<Spanned<PushSection>>,
+    #[serde(default)]
+    otlp: Vec<Spanned<PushSection>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -200,10 +235,13 @@ struct StorageSection {
     history_max_bytes: Option<Spanned<u64>>,
 }
 
+/// `[[remote_write]]` (`url`, `external_labels`) and `[[otlp]]` (`endpoint`,
+/// `resource_attributes`); the rest is common.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RemoteWriteSection {
-    url: Spanned<String>,
+struct PushSection {
+    url: Option<Spanned<String>>,
+    endpoint: Option<Spanned<String>>,
     name: Option<Spanned<String>>,
     interval: Option<Spanned<u64>>,
     timeout: Option<Spanned<u64>>,
@@ -213,7 +251,19 @@ struct RemoteWriteSection {
     tls_ca_file: Option<Spanned<PathBuf>>,
     #[serde(default)]
     external_labels: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    resource_attributes: BTreeMap<String, Spanned<String>>,
     queue_max_bytes: Option<Spanned<u64>>,
+}
+
+impl PushSection {
+    /// The receiver's URL (`url` or `endpoint`, as `protocol` names it).
+    fn url(&self, protocol: Protocol) -> Option<&Spanned<String>> {
+        match protocol {
+            Protocol::RemoteWrite => self.url.as_ref(),
+            Protocol::Otlp => self.endpoint.as_ref(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -427,14 +477,21 @@ impl Config {
                 QUEUE_BYTES,
                 defaults.history_max_bytes,
             )?,
-            remote_write: file
-                .remote_write
-                .iter()
-                .enumerate()
-                .map(|(index, section)| {
-                    remote_write_target(section, &file.remote_write[..index], &invalid, &bounded)
-                })
-                .collect::<Result<_, _>>()?,
+            exports: [
+                (Protocol::RemoteWrite, &file.remote_write),
+                (Protocol::Otlp, &file.otlp),
+            ]
+            .into_iter()
+            .flat_map(|(protocol, sections)| {
+                sections
+                    .iter()
+                    .enumerate()
+                    .map(move |(index, section)| (protocol, section, &sections[..index]))
+            })
+            .map(|(protocol, section, earlier)| {
+                push_target(protocol, section, earlier, &invalid, &bounded)
+            })
+            .collect::<Result<_, _>>()?,
         })
     }
 }
@@ -526,38 +583,79 @@ fn server_security(
     })
 }
 
-/// Checks one `[[remote_write]]` table; `earlier` are the tables before it (URLs
-/// and names must be unique: each names a queue directory).
-fn remote_write_target(
-    section: &RemoteWriteSection,
-    earlier: &[RemoteWriteSection],
+/// Checks one `[[remote_write]]` or `[[otlp]]` table; `earlier` are the tables of
+/// its kind before it (URLs and names must be unique: each names a queue
+/// directory).
+fn push_target(
+    protocol: Protocol,
+    table: &Spanned<PushSection>,
+    earlier: &[Spanned<PushSection>],
     invalid: &impl Fn(&str, Range<usize>, String) -> ConfigError,
     bounded: &impl Fn(&str, &Option<Spanned<u64>>, RangeInclusive<u64>, u64) -> Result<u64, ConfigError>,
-) -> Result<RemoteWriteTarget, ConfigError> {
-    let url = section.url.get_ref();
+) -> Result<PushTarget, ConfigError> {
+    let kind = protocol.name();
+    let key = |name: &str| format!("{kind}.{name}");
+    let (url_key, labels_key) = protocol.keys();
+    let section = table.get_ref();
+    let other = match protocol {
+        Protocol::RemoteWrite => [
+            ("endpoint", section.endpoint.as_ref().map(Spanned::span)),
+            (
+                "resource_attributes",
+                section
+                    .resource_attributes
+                    .values()
+                    .next()
+                    .map(Spanned::span),
+            ),
+        ],
+        Protocol::Otlp => [
+            ("url", section.url.as_ref().map(Spanned::span)),
+            (
+                "external_labels",
+                section.external_labels.values().next().map(Spanned::span),
+            ),
+        ],
+    };
+    for (name, span) in other {
+        if let Some(span) = span {
+            return Err(invalid(
+                &key(name),
+                span,
+                format!("is not a [[{kind}]] key (use {url_key} and {labels_key})"),
+            ));
+        }
+    }
+    let Some(url_spanned) = section.url(protocol) else {
+        return Err(invalid(&key(url_key), table.span(), "is required".into()));
+    };
+    let url = url_spanned.get_ref();
     let parsed = reqwest::Url::parse(url).ok().filter(|parsed| {
         matches!(parsed.scheme(), "http" | "https")
             && parsed.host_str().is_some_and(|host| !host.is_empty())
     });
     let Some(parsed) = parsed else {
         return Err(invalid(
-            "remote_write.url",
-            section.url.span(),
+            &key(url_key),
+            url_spanned.span(),
             format!("must be an http:// or https:// URL (got {url:?})"),
         ));
     };
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err(invalid(
-            "remote_write.url",
-            section.url.span(),
+            &key(url_key),
+            url_spanned.span(),
             "must not hold credentials: use basic_auth_username and basic_auth_password_file"
                 .into(),
         ));
     }
-    if earlier.iter().any(|other| other.url.get_ref() == url) {
+    if earlier
+        .iter()
+        .any(|other| other.get_ref().url(protocol).map(Spanned::get_ref) == Some(url))
+    {
         return Err(invalid(
-            "remote_write.url",
-            section.url.span(),
+            &key(url_key),
+            url_spanned.span(),
             format!("{url:?} is configured twice"),
         ));
     }
@@ -572,10 +670,10 @@ fn remote_write_target(
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
             let taken = earlier
                 .iter()
-                .any(|other| other.name.as_ref().map(Spanned::get_ref) == Some(text));
+                .any(|other| other.get_ref().name.as_ref().map(Spanned::get_ref) == Some(text));
             if !well_formed || taken {
                 return Err(invalid(
-                    "remote_write.name",
+                    &key("name"),
                     name.span(),
                     format!(
                         "must be unique, 1 to 64 of A-Z a-z 0-9 _ - . and not start with a dot (got {text:?})"
@@ -600,45 +698,62 @@ fn remote_write_target(
         },
         (Some(token), _, _) => {
             return Err(invalid(
-                "remote_write.bearer_token_file",
+                &key("bearer_token_file"),
                 token.span(),
                 "cannot be combined with basic_auth_*".into(),
             ));
         }
         (None, Some(username), None) => {
             return Err(invalid(
-                "remote_write.basic_auth_password_file",
+                &key("basic_auth_password_file"),
                 username.span(),
                 "is needed with basic_auth_username".into(),
             ));
         }
         (None, None, Some(password)) => {
             return Err(invalid(
-                "remote_write.basic_auth_username",
+                &key("basic_auth_username"),
                 password.span(),
                 "is needed with basic_auth_password_file".into(),
             ));
         }
     };
-    let mut external_labels = Vec::new();
-    for (label, value) in &section.external_labels {
-        let well_formed = label
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-            && !label.starts_with("__");
+    let mut labels = Vec::new();
+    let configured = match protocol {
+        Protocol::RemoteWrite => &section.external_labels,
+        Protocol::Otlp => &section.resource_attributes,
+    };
+    for (label, value) in configured {
+        // Prometheus label names for remote_write; OTLP attribute keys are any
+        // non-empty string (`deployment.environment`).
+        let well_formed = match protocol {
+            Protocol::RemoteWrite => {
+                label
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    && !label.starts_with("__")
+            }
+            Protocol::Otlp => !label.is_empty() && !label.chars().any(char::is_control),
+        };
         if !well_formed || value.get_ref().is_empty() {
             return Err(invalid(
-                &format!("remote_write.external_labels.{label}"),
+                &key(&format!("{labels_key}.{label}")),
                 value.span(),
-                "must be a Prometheus label name (not starting with __) with a non-empty value"
-                    .into(),
+                match protocol {
+                    Protocol::RemoteWrite => {
+                        "must be a Prometheus label name (not starting with __) with a non-empty value"
+                    }
+                    Protocol::Otlp => "must be a non-empty key with a non-empty value",
+                }
+                .into(),
             ));
         }
-        external_labels.push((label.clone(), value.get_ref().clone()));
+        labels.push((label.clone(), value.get_ref().clone()));
     }
-    Ok(RemoteWriteTarget {
+    Ok(PushTarget {
+        protocol,
         queue_dir: name.clone().unwrap_or_else(|| {
             use sha2::Digest;
             let digest = sha2::Sha256::digest(url.as_bytes());
@@ -650,13 +765,13 @@ fn remote_write_target(
         name: name.unwrap_or_else(|| url.clone()),
         url: url.clone(),
         interval: Duration::from_secs(bounded(
-            "remote_write.interval",
+            &key("interval"),
             &section.interval,
             PUSH_INTERVAL_SECONDS,
             15,
         )?),
         timeout: Duration::from_secs(bounded(
-            "remote_write.timeout",
+            &key("timeout"),
             &section.timeout,
             PUSH_TIMEOUT_SECONDS,
             30,
@@ -666,9 +781,9 @@ fn remote_write_target(
             .tls_ca_file
             .as_ref()
             .map(|file| file.get_ref().clone()),
-        external_labels,
+        labels,
         queue_max_bytes: bounded(
-            "remote_write.queue_max_bytes",
+            &key("queue_max_bytes"),
             &section.queue_max_bytes,
             QUEUE_BYTES,
             DEFAULT_QUEUE_BYTES,
@@ -950,21 +1065,21 @@ mod tests {
              [[remote_write]]\nurl = \"http://prometheus:9090/api/v1/write\"\ninterval = 5\n\
              external_labels = { instance = \"node-1\" }\nbearer_token_file = \"/etc/token\"\n\
              [[remote_write]]\nname = \"vm\"\nurl = \"https://vm:8428/api/v1/write\"\n\
-             basic_auth_username = \"u\"\nbasic_auth_password_file = \"/etc/p\"\nqueue_max_bytes = 1048576\n",
+             basic_auth_username = \"u\"\nbasic_auth_password_file = \"/etc/p\"\nqueue_max_bytes = 1048576\n\
+             [[otlp]]\nendpoint = \"http://collector:4318/v1/metrics\"\n\
+             resource_attributes = { \"deployment.environment\" = \"prod\" }\n",
         )
         .expect("valid");
         assert_eq!(config.storage_path, Path::new("/srv/horcrux"));
-        let [first, second] = config.remote_write.as_slice() else {
-            panic!("two targets: {:?}", config.remote_write);
+        let [first, second, otlp] = config.exports.as_slice() else {
+            panic!("three targets: {:?}", config.exports);
         };
         assert_eq!(first.name, "http://prometheus:9090/api/v1/write");
         assert_eq!(first.queue_dir.len(), 16);
         assert_eq!(first.interval, Duration::from_secs(5));
         assert_eq!(first.queue_max_bytes, DEFAULT_QUEUE_BYTES);
-        assert_eq!(
-            first.external_labels,
-            [("instance".into(), "node-1".into())]
-        );
+        assert_eq!(first.labels, [("instance".into(), "node-1".into())]);
+        assert_eq!(first.protocol, Protocol::RemoteWrite);
         assert_eq!(
             first.auth,
             PushAuth::Bearer {
@@ -977,6 +1092,12 @@ mod tests {
         );
         assert_eq!(second.interval, Duration::from_secs(15));
         assert_eq!(second.queue_max_bytes, 1 << 20);
+        assert_eq!(otlp.protocol, Protocol::Otlp);
+        assert_eq!(otlp.url, "http://collector:4318/v1/metrics");
+        assert_eq!(
+            otlp.labels,
+            [("deployment.environment".into(), "prod".into())]
+        );
     }
 
     #[test]
@@ -1016,6 +1137,25 @@ mod tests {
             assert!(
                 error.contains("remote_write.url") && error.contains("line 2"),
                 "{error}"
+            );
+        }
+        for (text, key, line) in [
+            (
+                "[[otlp]]\nurl = \"http://c:4318/v1/metrics\"\n",
+                "otlp.url",
+                "line 2",
+            ),
+            ("[[otlp]]\ninterval = 5\n", "otlp.endpoint", "line 1"),
+            (
+                "[[remote_write]]\nurl = \"http://p/w\"\nresource_attributes = { a = \"b\" }\n",
+                "remote_write.resource_attributes",
+                "line 3",
+            ),
+        ] {
+            let error = parse(text).unwrap_err().to_string();
+            assert!(
+                error.contains(key) && error.contains(line),
+                "{key}: {error}"
             );
         }
         let error = parse("[storage]\nhistory_checkpoint_interval = 5\n")

@@ -7,7 +7,7 @@
 //! and rate cache: [`model`], [`catalog`], [`rates`]. Collection schedule and
 //! snapshots: [`collector`]. Consumers of the snapshots: [`recorder`] (into
 //! [`history`] and [`alerts`]), [`http`] (REST, WebSocket [`messages`],
-//! Prometheus), [`export`] (remote_write push through disk queues). Start-up:
+//! Prometheus), [`export`] (remote_write and OTLP push through disk queues). Start-up:
 //! [`run`].
 
 pub mod alerts;
@@ -201,7 +201,7 @@ pub async fn run(
         http::security::allowed_hosts(&config.server.allowed_hosts, listener.local_addr()?);
     let max_connections = config.server.max_connections;
     let exports: Vec<Arc<export::TargetStatus>> = config
-        .remote_write
+        .exports
         .iter()
         .map(|target| Arc::new(export::TargetStatus::new(target)))
         .collect();
@@ -334,7 +334,7 @@ async fn reload_on_sighup(
                     || config.history_checkpoint_interval != running.history_checkpoint_interval
                     || config.history_max_bytes != running.history_max_bytes,
             ),
-            ("remote_write", config.remote_write != running.remote_write),
+            ("remote_write, otlp", config.exports != running.exports),
         ]
         .into_iter()
         .filter_map(|(key, changed)| changed.then_some(key))

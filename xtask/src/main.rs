@@ -50,6 +50,8 @@ const TEST_PACKAGES: &[&str] = &[
     "openssl",
     "systemd",
 ];
+/// The Python package the OTLP test receiver decodes requests with.
+const OTLP_PROTO: &str = "opentelemetry-proto==1.45.2";
 /// What the benchmarks run: node_exporter (the collection-cost reference); perf
 /// (sched pipe), fio, hackbench (rt-tests) and the libbpf-tools references
 /// (runqlat, biolatency) for the eBPF overhead.
@@ -206,10 +208,34 @@ fn nightly(tool: &str) -> Command {
     command
 }
 
-/// Everything the tests need: the eBPF toolchain and the Debian packages.
+/// Everything the tests need: the eBPF toolchain, the Debian packages and the
+/// OTLP test receiver's Python package.
 fn setup() -> Result {
     ensure_toolchain()?;
-    ensure_packages(TEST_PACKAGES)
+    ensure_packages(TEST_PACKAGES)?;
+    ensure_otlp_proto()
+}
+
+/// The official OpenTelemetry protobuf definitions for Python, which the OTLP
+/// test's receiver decodes with, in `target/python` (not the system's Python).
+fn ensure_otlp_proto() -> Result {
+    let target = workspace_root().join("target/python");
+    if target.join("opentelemetry/proto").exists() {
+        return Ok(());
+    }
+    status(
+        Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .arg("--target")
+            .arg(&target)
+            .arg(OTLP_PROTO),
+    )
 }
 
 /// What building the agent with its eBPF programs needs.

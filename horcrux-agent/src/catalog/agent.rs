@@ -1,6 +1,6 @@
 //! The agent's own families (`horcrux_agent_…`, `horcrux_collector_…`): build,
 //! collector health and supervision, eBPF programs, WebSocket clients, and
-//! (`horcrux_remote_write_…`) every push target.
+//! (`horcrux_export_…`) every push target.
 
 use super::{Family, Samples, Unit};
 use crate::{
@@ -21,7 +21,7 @@ pub struct AgentView {
     pub supervision: Vec<(&'static str, SupervisorView)>,
     pub ebpf: Option<EbpfStatus>,
     pub websocket_clients: u64,
-    /// Every `[[remote_write]]` target.
+    /// Every `[[remote_write]]` and `[[otlp]]` target.
     pub exports: Vec<ExportView>,
 }
 
@@ -135,31 +135,32 @@ pub static FAMILIES: &[F] = &[
         |a, out| out.one(Some(a.websocket_clients)),
     ),
     F::counter(
-        "remote_write_samples_queued_total",
+        "export_samples_queued_total",
         Unit::Count,
         "Samples appended to the target's disk queue.",
         |a, out| each_export(a, out, |e| e.samples_queued),
     )
-    .labels(&["target"]),
+    .labels(&["protocol", "target"]),
     F::counter(
-        "remote_write_samples_sent_total",
+        "export_samples_sent_total",
         Unit::Count,
         "Samples the receiver acknowledged.",
         |a, out| each_export(a, out, |e| e.samples_sent),
     )
-    .labels(&["target"]),
+    .labels(&["protocol", "target"]),
     F::counter(
-        "remote_write_samples_retried_total",
+        "export_samples_retried_total",
         Unit::Count,
-        "Samples in requests that failed (connection error, 5xx, 429) and were sent again.",
+        "Samples in requests that failed transiently (a connection error; remote_write: \
+         5xx, 429; OTLP: 429, 502, 503, 504) and were sent again.",
         |a, out| each_export(a, out, |e| e.samples_retried),
     )
-    .labels(&["target"]),
+    .labels(&["protocol", "target"]),
     F::counter(
-        "remote_write_samples_dropped_total",
+        "export_samples_dropped_total",
         Unit::Count,
-        "Samples dropped: refused by the receiver (4xx other than 429), or the \
-         oldest queued when the disk budget was full.",
+        "Samples dropped: refused for good by the receiver (`rejected`), or the \
+         oldest queued when the disk budget was full (`queue_full`).",
         |a, out| {
             for export in &a.exports {
                 out.labeled(
@@ -173,59 +174,69 @@ pub static FAMILIES: &[F] = &[
             }
         },
     )
-    .labels(&["target", "reason"]),
+    .labels(&["protocol", "target", "reason"]),
     F::gauge(
-        "remote_write_queue_samples",
+        "export_queue_samples",
         Unit::Count,
         "Samples on disk not yet acknowledged.",
         |a, out| each_export(a, out, |e| e.queue_samples),
     )
-    .labels(&["target"]),
+    .labels(&["protocol", "target"]),
     F::gauge(
-        "remote_write_queue_bytes",
+        "export_queue_bytes",
         Unit::Bytes,
         "Bytes of the target's queue segments on disk.",
         |a, out| each_export(a, out, |e| e.queue_bytes),
     )
-    .labels(&["target"]),
+    .labels(&["protocol", "target"]),
     F::counter(
-        "remote_write_queue_corrupt_bytes_total",
+        "export_queue_corrupt_bytes_total",
         Unit::Bytes,
         "Damaged queue bytes found and skipped at start-up.",
         |a, out| each_export(a, out, |e| e.corrupt_bytes),
     )
-    .labels(&["target"]),
+    .labels(&["protocol", "target"]),
     F::counter(
-        "remote_write_requests_total",
+        "export_requests_total",
         Unit::Count,
         "HTTP requests sent, retries included.",
         |a, out| each_export(a, out, |e| e.requests),
     )
-    .labels(&["target"]),
+    .labels(&["protocol", "target"]),
     F::counter(
-        "remote_write_sent_bytes_total",
+        "export_sent_bytes_total",
         Unit::Bytes,
         "Acknowledged request bodies, as sent (snappy-compressed).",
         |a, out| each_export(a, out, |e| e.sent_bytes),
     )
-    .labels(&["target"]),
+    .labels(&["protocol", "target"]),
     F::gauge(
-        "remote_write_last_success_timestamp_seconds",
+        "export_last_success_timestamp_seconds",
         Unit::Timestamp,
         "Unix time of the last acknowledged request.",
         |a, out| {
             for export in &a.exports {
-                out.labeled(&[&export.name], export.last_success);
+                out.labeled(
+                    &[export_protocol(export), &export.name],
+                    export.last_success,
+                );
             }
         },
     )
-    .labels(&["target"]),
+    .labels(&["protocol", "target"]),
 ];
 
 fn each_export(agent: &AgentView, out: &mut Samples<'_, '_>, value: fn(&ExportView) -> u64) {
     for export in &agent.exports {
-        out.labeled(&[&export.name], Some(value(export)));
+        out.labeled(
+            &[export_protocol(export), &export.name],
+            Some(value(export)),
+        );
     }
+}
+
+fn export_protocol(export: &ExportView) -> &'static str {
+    export.protocol.name()
 }
 
 fn each_collector(

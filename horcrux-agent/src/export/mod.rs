@@ -1,10 +1,13 @@
-//! Push export: each `[[remote_write]]` target samples the latest snapshots on its
-//! own schedule into its disk queue ([`queue`]), and sends the queue in order to
-//! the receiver ([`remote_write`]), retrying 5xx and 429 with backoff and dropping
-//! (counted) what a receiver refuses with another 4xx. Every target has its own
-//! thread, queue and figures: one slow or failing receiver never holds another.
-//! Like every consumer, an exporter only reads snapshots.
+//! Push export: each `[[remote_write]]` ([`remote_write`]) and `[[otlp]]`
+//! ([`otlp`]) target appends every published snapshot to its disk queue
+//! ([`queue`]) and sends the queue in order to the receiver, retrying what the
+//! protocol calls transient (connection errors; remote_write: 5xx and 429; OTLP:
+//! 429, 502, 503, 504) with backoff and dropping (counted) what the receiver
+//! refuses for good. Every target has its own thread, queue and figures: one slow
+//! or failing receiver never holds another. Like every consumer, an exporter only
+//! reads snapshots.
 
+pub mod otlp;
 pub mod queue;
 pub mod remote_write;
 
@@ -21,8 +24,9 @@ use serde::Serialize;
 
 use crate::{
     catalog::{self, Scope},
+    catalog::{Kind, Unit, Value, Visitor},
     clock,
-    config::{PushAuth, RemoteWriteTarget},
+    config::{Protocol, PushAuth, PushTarget},
     http::AppState,
 };
 use queue::Queue;
@@ -42,6 +46,7 @@ const ERROR_BODY_BYTES: usize = 512;
 /// `/metrics`.
 #[derive(Debug, Default)]
 pub struct TargetStatus {
+    pub protocol: Protocol,
     pub name: String,
     pub url: String,
     samples_queued: AtomicU64,
@@ -67,6 +72,7 @@ pub struct LastError {
 /// A target's figures at one instant.
 #[derive(Debug, Clone, Serialize)]
 pub struct ExportView {
+    pub protocol: Protocol,
     pub name: String,
     pub url: String,
     /// Samples appended to the queue since start.
@@ -97,8 +103,9 @@ pub struct DroppedView {
 }
 
 impl TargetStatus {
-    pub fn new(target: &RemoteWriteTarget) -> Self {
+    pub fn new(target: &PushTarget) -> Self {
         Self {
+            protocol: target.protocol,
             name: target.name.clone(),
             url: target.url.clone(),
             ..Self::default()
@@ -108,6 +115,7 @@ impl TargetStatus {
     pub fn view(&self) -> ExportView {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         ExportView {
+            protocol: self.protocol,
             name: self.name.clone(),
             url: self.url.clone(),
             samples_queued: load(&self.samples_queued),
@@ -152,14 +160,23 @@ impl TargetStatus {
 /// Starts one thread per target. A target whose queue or client cannot be set up
 /// is logged and reported in its status; the others run.
 pub fn spawn_all(state: &Arc<AppState>, statuses: &[Arc<TargetStatus>]) {
-    for (target, status) in state.config.remote_write.iter().zip(statuses) {
+    let started_unix = clock::unix_seconds().saturating_sub(state.started.elapsed().as_secs());
+    for (target, status) in state.config.exports.iter().zip(statuses) {
         let dir = state
             .config
             .storage_path
-            .join("remote_write")
+            .join(target.protocol.name())
             .join(&target.queue_dir);
+        let encoder = match target.protocol {
+            Protocol::RemoteWrite => Encoder::RemoteWrite(SeriesBuilder::new(&target.labels)),
+            Protocol::Otlp => Encoder::Otlp(otlp::MetricsBuilder::new(
+                &crate::collector::hostname(),
+                &target.labels,
+                started_unix,
+            )),
+        };
         let started =
-            Exporter::new(target.clone(), &dir, Arc::clone(status)).and_then(|exporter| {
+            Exporter::new(target.clone(), &dir, encoder, Arc::clone(status)).and_then(|exporter| {
                 let state = Arc::clone(state);
                 std::thread::Builder::new()
                     .name(format!(
@@ -170,21 +187,75 @@ pub fn spawn_all(state: &Arc<AppState>, statuses: &[Arc<TargetStatus>]) {
                     .map_err(|error| format!("starting its thread: {error}"))
             });
         if let Err(error) = started {
-            tracing::error!(target = %target.name, "remote_write target not started: {error}");
+            tracing::error!(target = %target.name, protocol = target.protocol.name(), "push target not started: {error}");
             status.error(format!("not started: {error}"));
         }
     }
 }
 
 struct Exporter {
-    target: RemoteWriteTarget,
+    target: PushTarget,
     queue: Queue,
     client: reqwest::Client,
     status: Arc<TargetStatus>,
-    series: SeriesBuilder,
+    series: Encoder,
     /// The collection time (Unix seconds) of the last snapshot sampled from the
     /// node, container and VM collectors.
     sampled: [Option<u64>; 3],
+}
+
+/// What turns snapshots into queue records, per protocol.
+enum Encoder {
+    RemoteWrite(SeriesBuilder),
+    Otlp(otlp::MetricsBuilder),
+}
+
+impl Encoder {
+    fn stamp(&mut self, timestamp_ms: i64) {
+        match self {
+            Self::RemoteWrite(series) => series.stamp(timestamp_ms),
+            Self::Otlp(metrics) => metrics.stamp(timestamp_ms),
+        }
+    }
+
+    /// The samples visited from now on are `scope`'s (remote_write marks a
+    /// scope's vanished series stale; OTLP has no staleness marker).
+    fn scope(&mut self, scope: Scope) -> &mut Self {
+        if let Self::RemoteWrite(series) = self {
+            series.scope(scope);
+        }
+        self
+    }
+
+    /// The record for the queue (snappy-compressed) and its sample count.
+    fn finish(&mut self) -> (Vec<u8>, u64) {
+        match self {
+            Self::RemoteWrite(series) => {
+                let (request, samples) = series.finish();
+                (remote_write::compress(&request), samples)
+            }
+            Self::Otlp(metrics) => {
+                let (request, points) = metrics.finish();
+                (otlp::compress(&request), points)
+            }
+        }
+    }
+}
+
+impl Visitor for Encoder {
+    fn family(&mut self, name: &str, help: &'static str, kind: Kind, unit: Unit) {
+        match self {
+            Self::RemoteWrite(series) => series.family(name, help, kind, unit),
+            Self::Otlp(metrics) => metrics.family(name, help, kind, unit),
+        }
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: Value<'_>) {
+        match self {
+            Self::RemoteWrite(series) => series.sample(name, labels, value),
+            Self::Otlp(metrics) => metrics.sample(name, labels, value),
+        }
+    }
 }
 
 /// How a request ended, for good.
@@ -195,8 +266,9 @@ enum Delivery {
 
 impl Exporter {
     fn new(
-        target: RemoteWriteTarget,
+        target: PushTarget,
         dir: &Path,
+        series: Encoder,
         status: Arc<TargetStatus>,
     ) -> Result<Self, String> {
         let (queue, recovery) = Queue::open(dir, target.queue_max_bytes)
@@ -207,7 +279,7 @@ impl Exporter {
                 intact_records = recovery.records,
                 damaged_bytes = recovery.corrupt_bytes,
                 cursor_reset = recovery.cursor_reset,
-                "remote_write queue recovered with damage"
+                "push queue recovered with damage"
             );
             status.error(format!(
                 "queue recovered {} intact records; {} damaged bytes skipped{}",
@@ -223,7 +295,7 @@ impl Exporter {
             tracing::info!(
                 target = %target.name,
                 samples = recovery.unsent_samples,
-                "remote_write queue holds unsent samples from before the restart"
+                "push queue holds unsent samples from before the restart"
             );
         }
         status
@@ -249,7 +321,7 @@ impl Exporter {
             .build()
             .map_err(|error| format!("HTTP client: {error}"))?;
         Ok(Self {
-            series: SeriesBuilder::new(&target.external_labels),
+            series,
             target,
             queue,
             client,
@@ -265,7 +337,7 @@ impl Exporter {
         {
             Ok(runtime) => runtime,
             Err(error) => {
-                tracing::error!(target = %self.target.name, "remote_write runtime: {error}");
+                tracing::error!(target = %self.target.name, "push runtime: {error}");
                 self.status.error(format!("not started: {error}"));
                 return;
             }
@@ -337,7 +409,7 @@ impl Exporter {
     /// Appends one published snapshot's samples to the queue, stamped with its
     /// collection time; a snapshot republished with the same stamp is not sampled
     /// twice (a receiver refuses a second value at one timestamp).
-    fn sample(&mut self, scope: usize, at: u64, visit: impl FnOnce(&mut SeriesBuilder)) {
+    fn sample(&mut self, scope: usize, at: u64, visit: impl FnOnce(&mut Encoder)) {
         if self.sampled[scope] == Some(at) {
             return;
         }
@@ -346,8 +418,7 @@ impl Exporter {
         self.series.stamp(at_ms);
         visit(&mut self.series);
         let (request, samples) = self.series.finish();
-        let payload = remote_write::compress(&request);
-        match self.queue.append(samples, at_ms, &payload) {
+        match self.queue.append(samples, at_ms, &request) {
             Ok(dropped) => {
                 self.status
                     .samples_queued
@@ -360,12 +431,12 @@ impl Exporter {
                         target = %self.target.name,
                         samples = dropped,
                         budget = self.target.queue_max_bytes,
-                        "remote_write queue full: dropped its oldest segment"
+                        "push queue full: dropped its oldest segment"
                     );
                 }
             }
             Err(error) => {
-                tracing::error!(target = %self.target.name, "remote_write queue append: {error}");
+                tracing::error!(target = %self.target.name, "push queue append: {error}");
                 self.status.error(format!("queue append: {error}"));
             }
         }
@@ -383,12 +454,15 @@ impl Exporter {
         let batch = match self.queue.peek(BATCH_BYTES) {
             Ok(batch) => batch?,
             Err(error) => {
-                tracing::error!(target = %self.target.name, "remote_write queue read: {error}");
+                tracing::error!(target = %self.target.name, "push queue read: {error}");
                 self.status.error(format!("queue read: {error}"));
                 return None;
             }
         };
-        let body = remote_write::join(&batch.payloads);
+        let body = match self.target.protocol {
+            Protocol::RemoteWrite => remote_write::join(&batch.payloads),
+            Protocol::Otlp => otlp::join(&batch.payloads),
+        };
         let delivery = deliver(
             self.client.clone(),
             self.target.clone(),
@@ -410,7 +484,7 @@ impl Exporter {
         };
         counter.fetch_add(batch.samples, Ordering::Relaxed);
         if let Err(error) = self.queue.acknowledge(batch) {
-            tracing::error!(target = %self.target.name, "remote_write queue cursor: {error}");
+            tracing::error!(target = %self.target.name, "push queue cursor: {error}");
             self.status.error(format!("queue cursor: {error}"));
         }
         self.status.queue_figures(&self.queue);
@@ -423,7 +497,7 @@ impl Exporter {
 /// exponential backoff (429's `Retry-After` honoured).
 async fn deliver(
     client: reqwest::Client,
-    target: RemoteWriteTarget,
+    target: PushTarget,
     body: Vec<u8>,
     samples: u64,
     status: Arc<TargetStatus>,
@@ -452,9 +526,13 @@ async fn deliver(
                 let text = error_body(response).await;
                 let message = format!("HTTP {code}: {text}");
                 status.error(message.clone());
-                let retryable = code.is_server_error() || code.as_u16() == 429;
+                let retryable = match target.protocol {
+                    Protocol::RemoteWrite => code.is_server_error() || code.as_u16() == 429,
+                    // The OTLP/HTTP specification's retryable codes.
+                    Protocol::Otlp => matches!(code.as_u16(), 429 | 502 | 503 | 504),
+                };
                 if !retryable {
-                    tracing::warn!(target = %target.name, samples, "remote_write refused: {message}");
+                    tracing::warn!(target = %target.name, samples, "push refused: {message}");
                     return Delivery::Rejected;
                 }
                 retry_after.filter(|_| code.as_u16() == 429)
@@ -472,15 +550,19 @@ async fn deliver(
 
 async fn send(
     client: &reqwest::Client,
-    target: &RemoteWriteTarget,
+    target: &PushTarget,
     body: bytes::Bytes,
 ) -> Result<reqwest::Response, String> {
     let request = client
         .post(&target.url)
-        .header(reqwest::header::CONTENT_ENCODING, "snappy")
         .header(reqwest::header::CONTENT_TYPE, "application/x-protobuf")
-        .header("X-Prometheus-Remote-Write-Version", "0.1.0")
         .body(body);
+    let request = match target.protocol {
+        Protocol::RemoteWrite => request
+            .header(reqwest::header::CONTENT_ENCODING, "snappy")
+            .header("X-Prometheus-Remote-Write-Version", "0.1.0"),
+        Protocol::Otlp => request,
+    };
     let request = match &target.auth {
         PushAuth::None => request,
         PushAuth::Bearer { token_file } => request.bearer_auth(read_secret(token_file)?),

@@ -79,9 +79,8 @@ impl SeriesBuilder {
     }
 
     /// The samples visited from now on are `scope`'s.
-    pub fn scope(&mut self, scope: Scope) -> &mut Self {
+    pub fn scope(&mut self, scope: Scope) {
         self.visited.push((scope, self.current.len()));
-        self
     }
 
     /// Ends the tick: the request, with a stale marker for every series a visited
@@ -201,7 +200,8 @@ mod tests {
         builder.scope(Scope::Container);
         builder.push("up", &[("id", "a"), ("Zone", "z")], 1.0);
         builder.push("up", &[("id", "b")], 2.0);
-        builder.scope(Scope::Node).push("load", &[], 0.5);
+        builder.scope(Scope::Node);
+        builder.push("load", &[], 0.5);
         let (first, samples) = builder.finish();
         assert_eq!(samples, 3);
         let names: Vec<&str> = first.timeseries[0]
@@ -213,9 +213,8 @@ mod tests {
         assert_eq!(first.timeseries[0].labels[2].value, "a");
         // The node is not sampled this tick: its series are not stale.
         builder.stamp(2000);
-        builder
-            .scope(Scope::Container)
-            .push("up", &[("id", "b")], 3.0);
+        builder.scope(Scope::Container);
+        builder.push("up", &[("id", "b")], 3.0);
         let (second, samples) = builder.finish();
         assert_eq!(samples, 2);
         let stale = &second.timeseries[1];

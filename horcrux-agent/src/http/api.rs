@@ -135,7 +135,7 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Response {
             capabilities: &state.capabilities,
             max_connections: config.server.max_connections,
         },
-        remote_write: state.exports.iter().map(|status| status.view()).collect(),
+        exports: state.exports.iter().map(|status| status.view()).collect(),
         history_file: state.history_file.as_ref().map(|status| {
             status
                 .lock()
@@ -166,9 +166,9 @@ struct Status<'a> {
     config: ConfigView,
     websocket: WebsocketView,
     security: SecurityView<'a>,
-    /// Every `[[remote_write]]` target: queued, sent, retried, dropped (and why),
-    /// queue bytes on disk, last success and last error.
-    remote_write: Vec<crate::export::ExportView>,
+    /// Every `[[remote_write]]` and `[[otlp]]` target: queued, sent, retried,
+    /// dropped (and why), queue bytes on disk, last success and last error.
+    exports: Vec<crate::export::ExportView>,
     /// What start-up restored from the history file and the last checkpoint.
     history_file: Option<crate::history::FileStatus>,
 }

@@ -77,7 +77,7 @@ pub struct AppState {
     pub renders: tokio::sync::Semaphore,
     /// Effective capabilities after start-up.
     pub capabilities: Vec<String>,
-    /// One per `[[remote_write]]` target.
+    /// One per `[[remote_write]]` and `[[otlp]]` target.
     pub exports: Vec<Arc<crate::export::TargetStatus>>,
     /// The history file (with `enable_history`).
     pub history_file: Option<Arc<Mutex<crate::history::FileStatus>>>,

@@ -379,12 +379,12 @@ async function loadAlerts() {
 }
 
 // ---- push export status ----------------------------------------------------------
-// One line per remote_write target: healthy (acknowledged within three pushes'
+// One line per push target (remote_write, OTLP): healthy (acknowledged within three pushes'
 // worth of time and nothing dropped lately) or what is wrong, with the backlog.
 async function loadExport() {
   const response = await fetch('/api/status');
   if (!response.ok) return;
-  const targets = (await response.json()).remote_write || [];
+  const targets = (await response.json()).exports || [];
   const element = $('#export');
   element.hidden = targets.length === 0;
   const now = Date.now() / 1000;
