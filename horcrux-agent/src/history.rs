@@ -516,7 +516,7 @@ impl HistoryFile {
                     .mode(0o700)
                     .create(dir)
             })
-            .and_then(|()| records::rewrite(&path, &bytes));
+            .and_then(|()| records::rewrite(&path, &bytes, records::Flush::Durable));
         let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
         match written {
             Ok(()) => {

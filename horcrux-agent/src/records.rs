@@ -133,7 +133,7 @@ fn record_at(bytes: &[u8], at: usize) -> Option<usize> {
 }
 
 /// Replaces a file through a temporary one and a rename.
-pub fn rewrite(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub fn rewrite(path: &Path, bytes: &[u8], flush: Flush) -> io::Result<()> {
     let temporary = path.with_extension("tmp");
     let mut file = OpenOptions::new()
         .create(true)
@@ -142,8 +142,20 @@ pub fn rewrite(path: &Path, bytes: &[u8]) -> io::Result<()> {
         .mode(0o600)
         .open(&temporary)?;
     file.write_all(bytes)?;
-    file.sync_data()?;
+    if flush == Flush::Durable {
+        file.sync_data()?;
+    }
     fs::rename(temporary, path)
+}
+
+/// Whether a rewrite waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flush {
+    /// Synced before the rename: survives a power loss.
+    Durable,
+    /// Left to the page cache: survives a crash of the agent, not of the machine
+    /// (for what is cheap to lose, such as the queue's cursor).
+    Cached,
 }
 
 #[cfg(test)]

@@ -230,10 +230,7 @@ impl Encoder {
     /// The record for the queue (snappy-compressed) and its sample count.
     fn finish(&mut self) -> (Vec<u8>, u64) {
         match self {
-            Self::RemoteWrite(series) => {
-                let (request, samples) = series.finish();
-                (remote_write::compress(&request), samples)
-            }
+            Self::RemoteWrite(series) => series.finish(),
             Self::Otlp(metrics) => {
                 let (request, points) = metrics.finish();
                 (otlp::compress(&request), points)
@@ -388,8 +385,16 @@ impl Exporter {
                             });
                         }
                     }
-                    _ = pushes.tick(), if idle => {
-                        sending = self.next_request();
+                    _ = pushes.tick() => {
+                        // Synced every interval, also while a request is retried
+                        // through an outage.
+                        if let Err(error) = self.queue.sync() {
+                            tracing::error!(target = %self.target.name, "push queue sync: {error}");
+                            self.status.error(format!("queue sync: {error}"));
+                        }
+                        if idle {
+                            sending = self.next_request();
+                        }
                     }
                     delivery = delivery => {
                         if let Some((batch, _)) = sending.take() {

@@ -1,7 +1,8 @@
-//! The disk-backed queue of one push target: records (one per sampling tick) are
-//! appended and synced before they are sent, and deleted once the receiver has
-//! acknowledged them, so a receiver outage or an agent restart loses nothing within
-//! the disk budget.
+//! The disk-backed queue of one push target: records (one per published
+//! snapshot) are appended before they are sent, synced to disk once per push
+//! interval, and deleted once the receiver has acknowledged them, so a receiver
+//! outage or an agent restart loses nothing within the disk budget (a power cut,
+//! at most the last push interval).
 //!
 //! Layout (documented in `docs/export.md`): a directory of segment files
 //! `<sequence:020>.seg`, each the 8-byte magic `HXQUEUE1` then checksummed records
@@ -12,7 +13,9 @@
 //! that checks out (the record magic lets the scan find it), a torn or damaged
 //! tail is truncated, and both are counted, never fatal.
 
-use crate::records::{self, HEADER_LEN, Scan, checksum, encode_record, parse_header, rewrite};
+use crate::records::{
+    self, Flush, HEADER_LEN, Scan, checksum, encode_record, parse_header, rewrite,
+};
 use std::{
     collections::VecDeque,
     fs::{self, File, OpenOptions},
@@ -72,6 +75,8 @@ pub struct Queue {
     consumed: u64,
     queued_samples: u64,
     queued_bytes: u64,
+    /// Appended since the last [`Queue::sync`].
+    unsynced: bool,
 }
 
 impl Queue {
@@ -107,7 +112,7 @@ impl Queue {
                     "queue segment damaged; keeping its intact records"
                 );
                 let (compacted, moved) = compact(&bytes, &scan, cursor.map(|(c, _)| c), sequence);
-                rewrite(&path, &compacted)?;
+                rewrite(&path, &compacted, Flush::Durable)?;
                 if let (Some((position, _)), Some(offset)) = (cursor.as_mut(), moved) {
                     position.offset = offset;
                 }
@@ -183,19 +188,24 @@ impl Queue {
             consumed,
             queued_samples: recovery.unsent_samples,
             queued_bytes,
+            unsynced: false,
         };
         queue.skip_finished_segments()?;
         Ok((queue, recovery))
     }
 
-    /// Appends one record and syncs it; then, over the budget, drops the oldest
-    /// segments and returns how many unsent samples went with them.
+    /// Appends one record (in the page cache: an agent crash or kill loses
+    /// nothing; [`Queue::sync`] makes it survive a power cut too); then, over the
+    /// budget, drops the oldest segments and returns how many unsent samples went
+    /// with them.
     pub fn append(&mut self, samples: u64, timestamp_ms: i64, payload: &[u8]) -> io::Result<u64> {
         let record = encode_record(samples, timestamp_ms, payload);
         let active = self.segments.back().map_or(0, |segment| segment.bytes);
         if active > SEGMENT_MAGIC.len() as u64 && active + record.len() as u64 > self.segment_limit
         {
             let next = self.segments.back().map_or(1, |s| s.sequence) + 1;
+            // A closed segment goes to disk now; appends never reach it again.
+            self.writer.sync_data()?;
             self.writer = create_segment(&self.dir, next)?;
             self.segments.push_back(Segment {
                 sequence: next,
@@ -205,7 +215,7 @@ impl Queue {
             self.queued_bytes += SEGMENT_MAGIC.len() as u64;
         }
         self.writer.write_all(&record)?;
-        self.writer.sync_data()?;
+        self.unsynced = true;
         if let Some(segment) = self.segments.back_mut() {
             segment.bytes += record.len() as u64;
             segment.samples += samples;
@@ -276,6 +286,16 @@ impl Queue {
         self.queued_samples = self.queued_samples.saturating_sub(batch.samples);
         self.skip_finished_segments()?;
         write_cursor(&self.dir, self.cursor, self.consumed)
+    }
+
+    /// Flushes what was appended since the last sync to the disk (once per push
+    /// interval: a disk flush per collection costs more than the rest of the push
+    /// path together).
+    pub fn sync(&mut self) -> io::Result<()> {
+        if std::mem::take(&mut self.unsynced) {
+            self.writer.sync_data()?;
+        }
+        Ok(())
     }
 
     pub fn queued_samples(&self) -> u64 {
@@ -404,11 +424,14 @@ fn read_cursor(dir: &Path) -> Option<(Position, u64)> {
     Some((position, fields.next()?.ok()?))
 }
 
-/// Replaced through a rename: a crash leaves the old cursor or the new, never a mix.
+/// Replaced through a rename: a crash leaves the old cursor or the new, never a
+/// mix. Not synced: a cursor lost to a power cut means records sent twice, which
+/// receivers accept, so it is not worth a disk flush per acknowledgement.
 fn write_cursor(dir: &Path, cursor: Position, consumed: u64) -> io::Result<()> {
     rewrite(
         &dir.join(CURSOR_FILE),
         format!("{} {} {consumed}\n", cursor.segment, cursor.offset).as_bytes(),
+        Flush::Cached,
     )
 }
 

@@ -49,7 +49,8 @@ pub const STALE_NAN: u64 = 0x7ff0_0000_0000_0002;
 /// series).
 pub struct SeriesBuilder {
     external_labels: Vec<Label>,
-    previous: HashMap<Scope, HashSet<Vec<Label>>>,
+    /// Each scope's label sets at its last sampling, in order.
+    previous: HashMap<Scope, Vec<Vec<Label>>>,
     /// The series of this tick, and from which index each visited scope's start.
     current: Vec<TimeSeries>,
     visited: Vec<(Scope, usize)>,
@@ -85,24 +86,35 @@ impl SeriesBuilder {
 
     /// Ends the tick: the request, with a stale marker for every series a visited
     /// scope no longer has, and its sample count.
-    pub fn finish(&mut self) -> (WriteRequest, u64) {
-        let mut timeseries = std::mem::take(&mut self.current);
+    pub fn finish(&mut self) -> (Vec<u8>, u64) {
+        let timeseries = std::mem::take(&mut self.current);
         let visited = std::mem::take(&mut self.visited);
+        let current = timeseries.len();
+        // Each visited scope's series, as index ranges into `timeseries`.
+        let ranges: Vec<(Scope, std::ops::Range<usize>)> = visited
+            .iter()
+            .enumerate()
+            .map(|(index, (scope, start))| {
+                let end = visited.get(index + 1).map_or(current, |next| next.1);
+                (*scope, *start..end)
+            })
+            .collect();
         let mut stale = Vec::new();
-        for (index, (scope, start)) in visited.iter().enumerate() {
-            let end = visited
-                .get(index + 1)
-                .map_or(timeseries.len(), |next| next.1);
-            let now: HashSet<Vec<Label>> = timeseries[*start..end]
-                .iter()
-                .map(|series| series.labels.clone())
-                .collect();
-            let before = self.previous.insert(*scope, now).unwrap_or_default();
-            let now = &self.previous[scope];
+        for (scope, range) in &ranges {
+            let before = self.previous.remove(scope).unwrap_or_default();
+            let now = &timeseries[range.clone()];
+            // Usually every series is still there, in the same order: no hashing.
+            let unchanged = before.len() == now.len()
+                && before.iter().zip(now).all(|(old, new)| *old == new.labels);
+            if unchanged {
+                continue;
+            }
+            let now: HashSet<&[Label]> =
+                now.iter().map(|series| series.labels.as_slice()).collect();
             stale.extend(
                 before
                     .into_iter()
-                    .filter(|labels| !now.contains(labels))
+                    .filter(|labels| !now.contains(labels.as_slice()))
                     .map(|labels| TimeSeries {
                         labels,
                         samples: vec![Sample {
@@ -112,9 +124,18 @@ impl SeriesBuilder {
                     }),
             );
         }
-        timeseries.extend(stale);
-        let samples = timeseries.len() as u64;
-        (WriteRequest { timeseries }, samples)
+        let mut request = WriteRequest { timeseries };
+        request.timeseries.extend(stale);
+        let samples = request.timeseries.len() as u64;
+        let body = compress(&request);
+        // The label sets are kept for the next sampling's stale markers, moved
+        // rather than copied (the request is encoded already).
+        let mut series = request.timeseries.into_iter().map(|series| series.labels);
+        for (scope, range) in ranges {
+            self.previous
+                .insert(scope, series.by_ref().take(range.len()).collect());
+        }
+        (body, samples)
     }
 
     fn push(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
@@ -203,6 +224,7 @@ mod tests {
         builder.scope(Scope::Node);
         builder.push("load", &[], 0.5);
         let (first, samples) = builder.finish();
+        let first = decode(&first);
         assert_eq!(samples, 3);
         let names: Vec<&str> = first.timeseries[0]
             .labels
@@ -216,11 +238,19 @@ mod tests {
         builder.scope(Scope::Container);
         builder.push("up", &[("id", "b")], 3.0);
         let (second, samples) = builder.finish();
+        let second = decode(&second);
         assert_eq!(samples, 2);
         let stale = &second.timeseries[1];
         assert_eq!(stale.labels, first.timeseries[0].labels);
         assert_eq!(stale.samples[0].value.to_bits(), STALE_NAN);
         assert_eq!(stale.samples[0].timestamp, 2000);
+    }
+
+    fn decode(body: &[u8]) -> WriteRequest {
+        let bytes = snap::raw::Decoder::new()
+            .decompress_vec(body)
+            .expect("snappy");
+        WriteRequest::decode(bytes.as_slice()).expect("protobuf")
     }
 
     #[test]
@@ -237,11 +267,7 @@ mod tests {
                 }],
             }],
         };
-        let body = join(&[compress(&request(1.0)), compress(&request(2.0))]);
-        let decoded = snap::raw::Decoder::new()
-            .decompress_vec(&body)
-            .expect("snappy");
-        let joined = WriteRequest::decode(decoded.as_slice()).expect("protobuf");
+        let joined = decode(&join(&[compress(&request(1.0)), compress(&request(2.0))]));
         assert_eq!(joined.timeseries.len(), 2);
         assert_eq!(joined.timeseries[1].samples[0].value, 2.0);
     }
