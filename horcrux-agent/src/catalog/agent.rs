@@ -163,12 +163,13 @@ pub static FAMILIES: &[F] = &[
          oldest queued when the disk budget was full (`queue_full`).",
         |a, out| {
             for export in &a.exports {
+                let protocol = export_protocol(export);
                 out.labeled(
-                    &[&export.name, "rejected"],
+                    &[protocol, &export.name, "rejected"],
                     Some(export.samples_dropped.rejected),
                 );
                 out.labeled(
-                    &[&export.name, "queue_full"],
+                    &[protocol, &export.name, "queue_full"],
                     Some(export.samples_dropped.queue_full),
                 );
             }

@@ -390,6 +390,9 @@ impl<T> Catalog<T> {
         let label_names: Vec<&str> = self.identity.iter().chain(family.labels).copied().collect();
         for (identity_values, target) in targets {
             family.each_sample(target, &mut |values, value| {
+                // A read function that gives the wrong number of label values
+                // would shift every label after the gap: caught by any test run.
+                debug_assert_eq!(values.len(), family.labels.len(), "{name}: label values");
                 let labels: Vec<(&str, &str)> = label_names
                     .iter()
                     .copied()
