@@ -1,7 +1,8 @@
 //! The web dashboard in a real browser: headless Chromium driven through chromedriver's
 //! W3C WebDriver API. Numbers on the page must change as WebSocket messages arrive,
 //! CPU must rise under load, a container and a VM started during the test must
-//! appear, their detail views must open (a VM's with per-vCPU bars and steal), and
+//! appear, their detail views must open (a VM's with per-vCPU bars and steal, a
+//! container's with an OOM kill as it happens), and
 //! the page must fit a phone's width.
 // Each #[tokio::test] runs on its own runtime: holding the serial guard across
 // awaits blocks only other tests, which is its purpose.
@@ -281,6 +282,26 @@ async fn a_new_container_appears_and_its_detail_view_opens() {
             "detail view",
             "return document.querySelector('#detail-body').textContent",
             |v| v.as_str().is_some_and(|text| text.contains("working set")),
+        )
+        .await;
+    // An OOM kill in the open container shows in its detail as it happens.
+    cgroup.write(
+        "memory",
+        "memory.limit_in_bytes",
+        &(64u64 << 20).to_string(),
+    );
+    cgroup.run(
+        "dd if=/dev/zero of=/dev/null bs=128M count=1; exec sleep 60",
+        "",
+    );
+    browser
+        .wait_for(
+            "the OOM kill in the detail view",
+            "return document.querySelector('#detail-body .oom-kills').textContent",
+            |v| {
+                v.as_str()
+                    .is_some_and(|text| text.contains("dd") && text.contains("memcg"))
+            },
         )
         .await;
     // Search filters the table.

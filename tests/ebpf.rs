@@ -78,7 +78,10 @@ async fn programs_attach_without_tracefs_and_report_per_container() {
             "sched_wakeup_new",
             "sched_switch",
             "block_rq_issue",
-            "block_rq_complete"
+            "block_rq_complete",
+            "writeback_dirty_folio",
+            "writeback_rq_issue",
+            "mark_victim"
         ]
     );
     for program in programs {
@@ -89,7 +92,16 @@ async fn programs_attach_without_tracefs_and_report_per_container() {
                 .is_some_and(|point| point.starts_with("tp_btf/"))
         );
     }
-    assert_eq!(ebpf["attached_programs"], 5);
+    assert_eq!(ebpf["attached_programs"], 8);
+    let maps = ebpf["maps"].as_array().expect("maps");
+    assert_eq!(maps.len(), 4, "{maps:?}");
+    for map in maps {
+        assert!(
+            map["max_entries"].as_u64() > Some(0)
+                && map["entries"].as_u64() <= map["max_entries"].as_u64(),
+            "{map}"
+        );
+    }
 
     // With the kernel's BPF statistics on, each program's runs and run time show.
     const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
@@ -154,6 +166,14 @@ async fn programs_attach_without_tracefs_and_report_per_container() {
         "{device}"
     );
     check_histogram("device latency", &device["latency"]);
+    // Direct I/O from a user buffer is the block family's only: no page cache of the
+    // container's was dirtied or written back.
+    for owned in ["writeback_bytes", "dirtied_bytes"] {
+        let bytes = blkio[owned]
+            .as_u64()
+            .expect("the writeback family's figures");
+        assert!(bytes < MIB, "{owned}: {bytes} for an O_DIRECT writer");
+    }
 
     // On v1 blkio without a throttle rule the kernel counts nothing: eBPF fills in.
     if hierarchies().v1.contains_key("blkio") {
@@ -194,6 +214,10 @@ async fn programs_attach_without_tracefs_and_report_per_container() {
         "horcrux_node_runqueue_latency_seconds_bucket{le=\"+Inf\"}",
         "horcrux_node_block_io_latency_seconds_count{device=",
         "horcrux_node_sched_switches_total{kind=\"voluntary\"}",
+        "horcrux_node_block_writeback_bytes_total{device=",
+        "horcrux_node_page_cache_dirtied_bytes_total ",
+        "# TYPE horcrux_container_oom_kills_total counter",
+        "horcrux_agent_ebpf_map_max_entries{map=\"SCHED\"}",
     ] {
         assert!(text.contains(family), "/metrics lacks {family}");
     }

@@ -14,7 +14,7 @@ use cgroup::{TestCgroup, hierarchies, serial, wait_for};
 use horcrux_agent::{
     cgroup::Hierarchies,
     ebpf::{
-        EbpfPrograms, ProgramState,
+        EbpfOptions, EbpfPrograms, ProgramState,
         counters::{DeviceOpCounters, EbpfCounters, RECLAIM_EVERY_CYCLES},
     },
 };
@@ -30,7 +30,7 @@ fn load(hierarchies: &Hierarchies) -> EbpfPrograms {
         EbpfPrograms::embedded(),
         "the agent was built without eBPF programs: run `cargo xtask setup` and rebuild"
     );
-    let programs = EbpfPrograms::load(hierarchies);
+    let programs = EbpfPrograms::load(hierarchies, &EbpfOptions::default());
     for program in programs.status().programs {
         assert_eq!(
             program.state,
@@ -275,13 +275,16 @@ fn run_queue_contention_in_the_v1_cpu_hierarchy() {
         eprintln!("SKIPPED: no v1 cpuacct hierarchy on this host (the cgroup2 test covers it)");
         return;
     }
-    contention_is_charged_to_its_cgroup("v1 cpu", &host, |cgroup| {
-        cgroup
-            .kernel_value("cpuacct", "cpuacct.usage")
-            .trim()
-            .parse()
-            .expect("cpuacct.usage")
-    });
+    contention_is_charged_to_its_cgroup("v1 cpu", &host, kernel_cpu_ns);
+}
+
+/// A cgroup's on-CPU time as the kernel counts it (v1 `cpuacct.usage`).
+fn kernel_cpu_ns(cgroup: &TestCgroup) -> u64 {
+    cgroup
+        .kernel_value("cpuacct", "cpuacct.usage")
+        .trim()
+        .parse()
+        .expect("cpuacct.usage")
 }
 
 #[test]
@@ -731,4 +734,315 @@ fn a_removed_cgroup_is_reclaimed_and_the_node_totals_keep_its_counts() {
         after.total.oncpu_ns - listed >= own.oncpu_ns,
         "the retired share holds the removed cgroup's on-CPU time"
     );
+}
+
+/// Page-cache bytes a cgroup owns: (written back to `device`, dirtied).
+fn owned(counters: &EbpfCounters, path: &str, device: u32) -> (u64, u64) {
+    let writeback = counters
+        .writeback
+        .as_ref()
+        .expect("writeback family attached");
+    writeback.by_cgroup.get(path).map_or((0, 0), |owned| {
+        (
+            owned.writeback_bytes.get(&device).copied().unwrap_or(0),
+            owned.dirtied_bytes,
+        )
+    })
+}
+
+/// The kernel's view: bytes of completed write requests charged to the cgroup's blkcg.
+fn charged_writes(counters: &EbpfCounters, path: &str, device: u32) -> u64 {
+    let block = counters.block.as_ref().expect("block family attached");
+    let entries: Vec<DeviceOpCounters> = block
+        .by_cgroup
+        .get(path)
+        .into_iter()
+        .flatten()
+        .filter(|entry| entry.device == device)
+        .copied()
+        .collect();
+    op_totals(&entries, BLOCK_OP_WRITE).0
+}
+
+/// Everything written back to `device`, every owner, removed cgroups included.
+fn all_written_back(counters: &EbpfCounters, device: u32) -> u64 {
+    let writeback = counters
+        .writeback
+        .as_ref()
+        .expect("writeback family attached");
+    writeback
+        .total
+        .writeback_bytes
+        .get(&device)
+        .copied()
+        .unwrap_or(0)
+}
+
+/// `nr_dirtied` of `/proc/vmstat`: pages dirtied host-wide.
+fn pages_dirtied() -> u64 {
+    std::fs::read_to_string("/proc/vmstat")
+        .expect("vmstat")
+        .lines()
+        .find_map(|line| line.strip_prefix("nr_dirtied ")?.trim().parse().ok())
+        .expect("nr_dirtied")
+}
+
+fn sync() {
+    assert!(
+        std::process::Command::new("sync")
+            .status()
+            .expect("sync")
+            .success()
+    );
+}
+
+/// Buffered writers in cgroups of their own (`(MiB, cgroup)`), all dirtying at once,
+/// then one `sync` from the test (root cgroup): on this hybrid host the flusher
+/// threads write every page back under the root blkcg, so only the owner's view
+/// can give each writer its bytes.
+fn buffered_writers_get_their_own_writeback(sizes_mib: &[u64]) {
+    let _serial = serial();
+    let mut programs = load(&hierarchies());
+    let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).expect("temp dir on a real disk");
+    let disk = whole_disk(dir.path());
+    let device = horcrux_common::device_number(disk.0, disk.1);
+    let page_size = 4096;
+    let mut idle = TestCgroup::new();
+    idle.run("exec sleep 60", "");
+    // Whatever is dirty already goes out first.
+    sync();
+    let before = read(&mut programs);
+    let (_, written_sectors_before) = diskstats(disk);
+    let dirtied_before = pages_dirtied();
+
+    let mut writers: Vec<(u64, TestCgroup)> = sizes_mib
+        .iter()
+        .map(|&mib| (mib, TestCgroup::new()))
+        .collect();
+    let pids: Vec<u32> = writers
+        .iter_mut()
+        .enumerate()
+        .map(|(index, (mib, cgroup))| {
+            let file = dir.path().join(format!("buffered-{index}.bin"));
+            cgroup.run(
+                &format!(
+                    "dd if=/dev/zero of={} bs=1M count={mib} status=none; exec sleep 60",
+                    file.display()
+                ),
+                "",
+            )
+        })
+        .collect();
+    for pid in pids {
+        wait_for_long(|| {
+            std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| cmdline.starts_with("sleep"))
+        });
+    }
+    sync();
+    let after = read(&mut programs);
+    let (_, written_sectors_after) = diskstats(disk);
+    let dirtied_pages = pages_dirtied() - dirtied_before;
+
+    let mut owners_total = 0;
+    for (mib, cgroup) in &writers {
+        let path = cgroup.relative_path();
+        let expected = mib * MIB;
+        let (written_back, dirtied) = owned(&after, &path, device);
+        let (written_back_before, dirtied_before) = owned(&before, &path, device);
+        within(
+            &format!("{mib} MiB: written back on its behalf"),
+            written_back - written_back_before,
+            expected,
+            5,
+        );
+        within(
+            &format!("{mib} MiB: dirtied"),
+            dirtied - dirtied_before,
+            expected,
+            5,
+        );
+        // The kernel's view: the flusher wrote it under the root blkcg.
+        let charged =
+            charged_writes(&after, &path, device) - charged_writes(&before, &path, device);
+        eprintln!("{mib} MiB: charged to its own blkcg by the kernel: {charged} bytes");
+        owners_total += written_back - written_back_before;
+    }
+    let idle_path = idle.relative_path();
+    let (idle_written, idle_dirtied) = owned(&after, &idle_path, device);
+    assert!(
+        idle_written < MIB && idle_dirtied < MIB,
+        "the idle sibling owns {idle_written} bytes written back, {idle_dirtied} dirtied"
+    );
+    // The root cgroup's own pages (its share excludes every child's).
+    let root_written = owned(&after, "", device).0 - owned(&before, "", device).0;
+    let expected_total: u64 = sizes_mib.iter().sum::<u64>() * MIB;
+    eprintln!("root's own page cache written back meanwhile: {root_written} bytes");
+    assert!(
+        root_written * 100 < expected_total * 5,
+        "the root's own share counts the writers' pages: {root_written} bytes"
+    );
+    if hierarchies().v1.contains_key("blkio") {
+        let root_charged = charged_writes(&after, "", device) - charged_writes(&before, "", device);
+        assert!(
+            root_charged * 100 >= expected_total * 95,
+            "on a hybrid host the kernel charges write-back to the root blkcg: {root_charged}"
+        );
+    }
+    // The disk's own counter brackets what the owners were charged: every page
+    // written back is a sector written, and the writers' pages are among them.
+    let everyone = all_written_back(&after, device) - all_written_back(&before, device);
+    let disk_written = (written_sectors_after[1] - written_sectors_before[1]) * 512;
+    eprintln!("written back (all owners) {everyone}, disk wrote {disk_written} bytes");
+    assert!(owners_total <= everyone, "{owners_total} > {everyone}");
+    assert!(
+        everyone <= disk_written + disk_written / 100,
+        "owners {everyone} vs disk {disk_written}"
+    );
+    // Host-wide pages dirtied (the kernel's nr_dirtied) cover the writers' share.
+    let writers_dirtied: u64 = writers
+        .iter()
+        .map(|(_, cgroup)| {
+            let path = cgroup.relative_path();
+            owned(&after, &path, device).1 - owned(&before, &path, device).1
+        })
+        .sum();
+    assert!(
+        writers_dirtied <= dirtied_pages * page_size,
+        "writers dirtied {writers_dirtied}, the kernel counted {} bytes",
+        dirtied_pages * page_size
+    );
+    writers.clear();
+}
+
+/// `wait_for` with room for a 256 MiB buffered write on a slow CI disk.
+fn wait_for_long(mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !condition() {
+        assert!(std::time::Instant::now() < deadline, "not done within 60 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+#[ignore = "needs root: loads eBPF programs, creates cgroups, writes 256 MiB"]
+fn buffered_writes_are_charged_to_the_cgroup_that_dirtied_them() {
+    buffered_writers_get_their_own_writeback(&[256]);
+}
+
+#[test]
+#[ignore = "needs root: loads eBPF programs, creates cgroups, writes 256 MiB"]
+fn two_buffered_writers_flushed_by_one_sync_each_get_their_own() {
+    buffered_writers_get_their_own_writeback(&[64, 192]);
+}
+
+#[test]
+#[ignore = "needs root: loads eBPF programs and creates cgroups"]
+fn more_cgroups_than_the_maps_hold_are_counted_as_overflow_and_recovered_from() {
+    let _serial = serial();
+    let host = hierarchies();
+    assert!(
+        host.v1.contains_key("cpuacct"),
+        "this test reads v1 cpuacct"
+    );
+    let options = EbpfOptions {
+        max_containers: 4,
+        ..EbpfOptions::default()
+    };
+    let capacity = options.cgroup_entries() as usize;
+    let mut programs = EbpfPrograms::load(&host, &options);
+    let sched_map = |programs: &EbpfPrograms| {
+        programs
+            .status()
+            .maps
+            .into_iter()
+            .find(|map| map.name == "SCHED")
+            .expect("SCHED map in the status")
+    };
+    read(&mut programs);
+    assert_eq!(sched_map(&programs).max_entries as usize, capacity);
+    // The slice the shell joins its cgroups in is charged where it was switched in
+    // (the test's cgroup): a short sleep first starts the work on a fresh slice.
+    let work = "sleep 0.01; i=0; while [ $i -lt 30000 ]; do i=$((i+1)); done";
+    let heavy_work = "sleep 0.01; i=0; while [ $i -lt 400000 ]; do i=$((i+1)); done";
+
+    // More cgroups than entries, each with some work.
+    let mut cgroups: Vec<TestCgroup> = (0..capacity + 40).map(|_| TestCgroup::new()).collect();
+    for cgroup in &mut cgroups {
+        run_to_completion(cgroup, work);
+    }
+    let counters = read(&mut programs);
+    let status = programs.status();
+    let full = status.events.get("sched_map_full").copied().unwrap_or(0);
+    assert!(full > 0, "overflow counted: {:?}", status.events);
+    assert_eq!(sched_map(&programs).entries, capacity, "the map is full");
+    let sched = counters.sched.expect("scheduler family attached");
+    let mapped = cgroups
+        .iter()
+        .filter(|cgroup| sched.by_cgroup.contains_key(&cgroup.relative_path()))
+        .count();
+    assert!(
+        mapped > 0 && mapped < cgroups.len(),
+        "{mapped} of {} test cgroups mapped",
+        cgroups.len()
+    );
+    // Those that got an entry are counted exactly while the map is full: more work
+    // in two of them, against the kernel's own counter.
+    let mapped: Vec<usize> = cgroups
+        .iter()
+        .enumerate()
+        .filter(|(_, cgroup)| sched.by_cgroup.contains_key(&cgroup.relative_path()))
+        .map(|(index, _)| index)
+        .take(2)
+        .collect();
+    for index in mapped {
+        let cgroup = &mut cgroups[index];
+        let path = cgroup.relative_path();
+        let before = (
+            sched_of(&mut programs, cgroup).oncpu_ns,
+            kernel_cpu_ns(cgroup),
+        );
+        run_to_completion(cgroup, heavy_work);
+        let ours = sched_of(&mut programs, cgroup).oncpu_ns - before.0;
+        within(
+            &format!("{path}: on-CPU time vs cpuacct.usage, map full"),
+            ours,
+            kernel_cpu_ns(cgroup) - before.1,
+            5,
+        );
+    }
+
+    // Once they are gone, their entries are reclaimed and new cgroups count again.
+    cgroups.clear();
+    let mut reclaimed = false;
+    for _ in 0..=RECLAIM_EVERY_CYCLES {
+        read(&mut programs);
+        if sched_map(&programs).entries < capacity / 2 {
+            reclaimed = true;
+            break;
+        }
+    }
+    assert!(
+        reclaimed,
+        "entries after removal: {:?}",
+        sched_map(&programs)
+    );
+    let mut fresh = TestCgroup::new();
+    run_to_completion(&mut fresh, heavy_work);
+    let sched = read(&mut programs)
+        .sched
+        .expect("scheduler family attached");
+    let counted = sched
+        .by_cgroup
+        .get(&fresh.relative_path())
+        .expect("a new cgroup is counted again")
+        .oncpu_ns;
+    within(
+        "a new cgroup's on-CPU time vs cpuacct.usage",
+        counted,
+        kernel_cpu_ns(&fresh),
+        5,
+    );
+    let still_full = programs.status().events["sched_map_full"];
+    eprintln!("sched_map_full events: {full} while full, {still_full} in all");
 }

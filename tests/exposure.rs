@@ -605,7 +605,7 @@ async fn only_the_kept_capabilities_remain_after_start() {
         serde_json::json!(["CAP_DAC_READ_SEARCH", "CAP_SYS_PTRACE"])
     );
     // Still everything: the programs attached before the drop, and the metrics flow.
-    assert_eq!(api["ebpf"]["attached_programs"], 5, "{}", api["ebpf"]);
+    assert_eq!(api["ebpf"]["attached_programs"], 8, "{}", api["ebpf"]);
     let (code, node) = agent.get("/api/monitoring/node/metrics").await;
     assert_eq!(code, 200);
     assert!(

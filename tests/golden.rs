@@ -127,6 +127,11 @@ fn agent(mode: &str) -> AgentView {
             last_success: Some(TIMESTAMP),
             last_error: None,
         }],
+        // Two kills of a container named web, across a recreation.
+        oom: std::sync::Arc::new(horcrux_agent::oom::OomView {
+            by_name: BTreeMap::from([(("container", "docker", "web".to_owned()), 2)]),
+            ..Default::default()
+        }),
     }
 }
 

@@ -372,6 +372,105 @@ async fn docker_container_is_discovered_with_limits_and_matches_docker_stats() {
     .await;
 }
 
+/// A container under a 64 MiB limit whose `dd` allocates 128 MiB once told to
+/// (after the agent lists it): the OOM killer kills `dd`. The agent must say so on
+/// the WebSocket within 2 s, naming the container, and count it under the
+/// container's name; recreated under the same name and killed again, the count
+/// for that name reads 2 (the cgroup's own counter starts again at 1).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: runs a private dockerd and OOM-kills a process in it"]
+async fn oom_kills_are_attributed_and_counted_by_name_across_recreation() {
+    require(&["/usr/sbin/dockerd", "/usr/bin/docker", BUSYBOX]);
+    let _serial = ONE_RUNTIME_AT_A_TIME.lock().await;
+    let dockerd = Dockerd::start();
+    let tarball = busybox_tarball(dockerd.dir.path());
+    dockerd.run(&[
+        "import",
+        &tarball.display().to_string(),
+        "localhost/hx-busybox:test",
+    ]);
+    let agent = Agent::start("[monitoring]\nvm_metrics_interval = 1\n");
+    agent.wait_for_cycles(1).await;
+    let (mut socket, _) = tokio_tungstenite::connect_async(agent.ws_url())
+        .await
+        .expect("WebSocket");
+    let name = "hx-oom-victim";
+    for round in 1..=2u64 {
+        let id = dockerd.run(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            "none",
+            "--memory",
+            "64m",
+            "--memory-swap",
+            "64m",
+            "localhost/hx-busybox:test",
+            "sh",
+            "-c",
+            "while [ ! -e /go ]; do sleep 1; done; \
+             dd if=/dev/zero of=/dev/null bs=128M count=1; exec sleep 1000",
+        ]);
+        wait_until(&agent, &id, "the container", |m| m["state"] == "running").await;
+        dockerd.run(&["exec", name, "sh", "-c", ": > /go"]);
+        let kill = common::wait_for_message(&mut socket, |message| {
+            message["type"] == "OomKill" && message["target"]["id"] == id.as_str()
+        })
+        .await;
+        let received = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs_f64();
+        let killed_at = kill["timestamp"].as_f64().expect("timestamp");
+        assert!(
+            received - killed_at < 2.0,
+            "OomKill {:.3} s after the kill",
+            received - killed_at
+        );
+        assert_eq!(kill["comm"], "dd", "{kill}");
+        assert_eq!(kill["target"]["name"], name);
+        assert_eq!(kill["target"]["runtime"], "docker");
+        assert_eq!(kill["constraint"], "memcg", "{kill}");
+        assert_eq!(kill["cgroup"], format!("/docker/{id}"));
+        let rss = kill["rss_bytes"].as_u64().expect("rss_bytes");
+        assert!(
+            (16 * MIB..=80 * MIB).contains(&rss),
+            "victim RSS {rss} under a 64 MiB limit"
+        );
+        // The kernel's own counter for the cgroup: one kill, this incarnation.
+        let kernel = std::fs::read_to_string(format!(
+            "/sys/fs/cgroup/memory/docker/{id}/memory.oom_control"
+        ))
+        .or_else(|_| std::fs::read_to_string(format!("/sys/fs/cgroup/docker/{id}/memory.events")))
+        .expect("the cgroup's OOM counters");
+        assert!(
+            kernel.lines().any(|line| line == "oom_kill 1"),
+            "kernel: {kernel}"
+        );
+
+        let metrics = wait_until(&agent, &id, "the kill in its metrics", |m| {
+            m["oom_kills"]
+                .as_array()
+                .is_some_and(|kills| !kills.is_empty())
+        })
+        .await;
+        assert_eq!(metrics["oom_kills"][0]["comm"], "dd");
+        assert_eq!(metrics["oom_kills"].as_array().map(Vec::len), Some(1));
+        let exposition = agent.text("/metrics").await;
+        let series = format!(
+            "horcrux_container_oom_kills_total{{name=\"{name}\",runtime=\"docker\",kind=\"container\"}} "
+        );
+        let count = exposition
+            .lines()
+            .find_map(|line| line.strip_prefix(&series))
+            .unwrap_or_else(|| panic!("{series} missing"));
+        assert_eq!(count, round.to_string(), "kills counted for {name}");
+        dockerd.run(&["rm", "-f", name]);
+    }
+}
+
 /// Podman without a daemon, with its own storage; runc and the cgroupfs manager
 /// (crun refuses hybrid hosts), explicit rlimits (the defaults are refused here),
 /// file-based events (no journald).

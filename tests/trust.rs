@@ -593,7 +593,7 @@ async fn metrics_wait_for_the_programs_and_count_from_the_first_answer() {
     }
     let (_, status) = agent.get("/api/status").await;
     assert_eq!(status["ebpf"]["state"], "settled");
-    assert_eq!(status["ebpf"]["attached_programs"], 5, "{}", status["ebpf"]);
+    assert_eq!(status["ebpf"]["attached_programs"], 8, "{}", status["ebpf"]);
     let (ready, _) = agent.get("/readyz").await;
     assert_eq!(ready, 200);
     eprintln!("saw 503 starting before ready: {saw_starting}");

@@ -38,6 +38,8 @@ pub struct Config {
     pub server: ServerSecurity,
     /// `[ebpf] enabled`: load the eBPF programs (needs CAP_BPF and CAP_PERFMON).
     pub ebpf_enabled: bool,
+    /// `[ebpf] families`: which program families to attach (default: all).
+    pub ebpf_families: Vec<crate::ebpf::Family>,
     /// `[vms] libvirt_uri`: the libvirt daemon to read, read-only (`None`: `""`,
     /// libvirt is not read).
     pub libvirt_uri: Option<String>,
@@ -178,6 +180,7 @@ impl Default for Config {
             containers: ContainerSettings::default(),
             server: ServerSecurity::default(),
             ebpf_enabled: true,
+            ebpf_families: crate::ebpf::Family::ALL.to_vec(),
             libvirt_uri: Some(DEFAULT_LIBVIRT_URI.to_owned()),
             alerts: Vec::new(),
             storage_path: PathBuf::from(DEFAULT_STORAGE_PATH),
@@ -316,6 +319,7 @@ struct Server {
 #[serde(deny_unknown_fields)]
 struct EbpfSection {
     enabled: Option<bool>,
+    families: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -436,6 +440,24 @@ impl Config {
             },
             server: server_security(&file.server, &invalid, &bounded)?,
             ebpf_enabled: file.ebpf.enabled.unwrap_or(defaults.ebpf_enabled),
+            ebpf_families: match &file.ebpf.families {
+                None => defaults.ebpf_families,
+                Some(names) => names
+                    .get_ref()
+                    .iter()
+                    .map(|name| {
+                        crate::ebpf::Family::from_name(name).ok_or_else(|| {
+                            invalid(
+                                "ebpf.families",
+                                names.span(),
+                                format!(
+                                    "unknown family {name:?} (known: sched, block, writeback, oom)"
+                                ),
+                            )
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
+            },
             libvirt_uri: match &file.vms.libvirt_uri {
                 None => defaults.libvirt_uri,
                 Some(uri) if uri.get_ref().is_empty() => None,
@@ -964,6 +986,28 @@ mod tests {
         assert!(error.contains("line 3"), "{error}");
         assert!(
             error.contains("monitoring.node_metrics_interval"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn ebpf_families_are_checked_by_name() {
+        assert_eq!(
+            parse("").unwrap().ebpf_families,
+            crate::ebpf::Family::ALL.to_vec()
+        );
+        let config = parse("[ebpf]\nfamilies = [\"sched\", \"oom\"]\n").unwrap();
+        assert_eq!(
+            config.ebpf_families,
+            [crate::ebpf::Family::Sched, crate::ebpf::Family::Oom]
+        );
+        let error = parse("[ebpf]\n\nfamilies = [\"sched\", \"disk\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("line 3")
+                && error.contains("ebpf.families")
+                && error.contains("\"disk\""),
             "{error}"
         );
     }

@@ -25,6 +25,7 @@ pub mod history;
 pub mod http;
 pub mod messages;
 pub mod model;
+pub mod oom;
 pub mod privileges;
 pub mod probe;
 pub mod process;
@@ -71,9 +72,15 @@ pub fn prepare(config: &Config) -> Prepared {
         .and_then(|bytes| procfs::mountinfo::parse(&String::from_utf8_lossy(&bytes)).ok())
         .unwrap_or_default();
     let hierarchies = Hierarchies::from_mounts(&mounts);
-    let ebpf = config
-        .ebpf_enabled
-        .then(|| ebpf::EbpfPrograms::load(&hierarchies));
+    let ebpf = config.ebpf_enabled.then(|| {
+        ebpf::EbpfPrograms::load(
+            &hierarchies,
+            &ebpf::EbpfOptions {
+                families: config.ebpf_families.clone(),
+                max_containers: config.containers.max_containers,
+            },
+        )
+    });
     collector::release_freed_heap();
     let attached = ebpf.as_ref().is_some_and(ebpf::EbpfPrograms::any_attached);
     let capabilities = match privileges::drop_to_runtime(attached) {
@@ -151,9 +158,9 @@ pub async fn run(
     ));
     let collectors = http::Collectors::default();
     let ebpf_embedded = ebpf::EbpfPrograms::embedded();
-    let sampler = Arc::new(ebpf::sampler::EbpfSampler::new(
-        ebpf.unwrap_or_else(ebpf::EbpfPrograms::disabled),
-    ));
+    let mut ebpf = ebpf.unwrap_or_else(ebpf::EbpfPrograms::disabled);
+    let oom_kills = ebpf.take_oom_kills();
+    let sampler = Arc::new(ebpf::sampler::EbpfSampler::new(ebpf));
     let ebpf_rx = sampler.subscribe();
     collector::spawn_node(
         Arc::clone(&intervals),
@@ -197,6 +204,16 @@ pub async fn run(
         ws_messages: ws_tx.clone(),
     }
     .spawn(node_rx.clone(), containers_rx.clone(), vms_rx.clone())?;
+    let (oom_tx, oom_rx) = watch::channel(Arc::new(oom::OomView::default()));
+    if let Some(kills) = oom_kills {
+        oom::spawn(
+            kills,
+            containers_rx.clone(),
+            vms_rx.clone(),
+            oom_tx,
+            ws_tx.clone(),
+        )?;
+    }
     let allowed_hosts =
         http::security::allowed_hosts(&config.server.allowed_hosts, listener.local_addr()?);
     let max_connections = config.server.max_connections;
@@ -212,6 +229,7 @@ pub async fn run(
         containers: containers_rx,
         vms: vms_rx,
         ebpf: ebpf_rx,
+        oom: oom_rx,
         ws_messages: ws_tx,
         ws_clients: AtomicUsize::new(0),
         started: Instant::now(),

@@ -17,6 +17,8 @@ pub enum Message<'a> {
     NodeMetrics(NodeMetricsMessage<'a>),
     VmMetrics(VmMetricsMessage<'a>),
     VmStatusChanged(&'a VmStatusChanged),
+    /// A process was killed by the OOM killer (eBPF OOM family).
+    OomKill(&'a crate::oom::OomKillRecord),
     AlertTriggered(&'a Alert),
     AlertResolved(&'a Alert),
 }

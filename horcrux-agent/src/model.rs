@@ -467,6 +467,11 @@ pub struct BlkioTotals {
     /// Write-zeroes, secure erase, zone and driver-private requests.
     pub other_ops: u64,
     pub in_flight: u64,
+    /// Page-cache bytes written back on the cgroup's behalf — the owner's view:
+    /// pages its memory cgroup owns, whichever task (a flusher thread) wrote them
+    /// and whichever blkcg the kernel charged (`write_bytes`). `null` without the
+    /// eBPF writeback family.
+    pub writeback_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -477,6 +482,9 @@ pub struct BlkioMetrics {
     pub latency: Histogram,
     /// 99th percentile over the last collection interval, as for run-queue latency.
     pub latency_p99_us: Option<u64>,
+    /// Page-cache bytes the cgroup's pages turned dirty (what writeback will
+    /// write); `null` without the eBPF writeback family.
+    pub dirtied_bytes: Option<u64>,
     pub devices: Vec<BlkioDevice>,
 }
 

@@ -162,6 +162,47 @@ impl BlockCounters {
     }
 }
 
+/// Bytes of page-cache pages, charged to the memory cgroup that owns the pages
+/// (the one they were charged to when created), kept per owner and device.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OwnerKey {
+    /// kernfs id of the memory cgroup owning the pages.
+    pub cgroup_id: u64,
+    /// The whole disk, as [`device_number`] (0 for bytes dirtied: no device yet).
+    pub device: u32,
+    pub reserved: u32,
+}
+
+/// What an OOM kill answered: memory ran out host-wide (or in a cpuset or memory
+/// policy), or a memory cgroup — the victim's or an ancestor — was at its limit.
+pub const OOM_CONSTRAINT_GLOBAL: u32 = 0;
+pub const OOM_CONSTRAINT_MEMCG: u32 = 1;
+
+/// Memory cgroups above the victim's that the OOM program looks at for a limit.
+pub const OOM_MAX_DEPTH: u32 = 16;
+
+/// One OOM kill, sent to the agent through the `OOM_KILLS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OomKill {
+    /// `CLOCK_MONOTONIC` nanoseconds of the kill.
+    pub time_ns: u64,
+    /// kernfs id of the victim's memory cgroup.
+    pub victim_cgroup_id: u64,
+    /// kernfs id of the memory cgroup found at its limit (0 for a global OOM).
+    pub limit_cgroup_id: u64,
+    /// Resident pages of the victim's mm (file + anon + shmem).
+    pub rss_pages: u64,
+    pub pid: u32,
+    pub tid: u32,
+    /// `OOM_CONSTRAINT_*`.
+    pub constraint: u32,
+    pub reserved: u32,
+    /// The victim's `comm`, NUL-padded.
+    pub comm: [u8; 16],
+}
+
 /// A request between issue and completion: its key at issue (the agent counts
 /// in-flight requests by it; a request without a bio, like a flush, is attributed
 /// by it at completion), when it was issued (for its latency), and what is needed
@@ -220,6 +261,48 @@ pub struct KernelLayout {
     pub bio_blkg: u64,
     pub blkg_blkcg: u64,
     pub blkcg_css: u64,
+    /// Page-cache ownership (writeback family) and OOM victims: a task's memory
+    /// css (`css_set.subsys[memory_cgrp_id]`, v1 and v2 alike), a page's memcg
+    /// (`folio.memcg_data`), and a memcg's cgroup (`mem_cgroup.css.cgroup`).
+    pub memory_css: u64,
+    pub request_next_bio: u64,
+    pub bio_io_vec: u64,
+    pub bio_iter_idx: u64,
+    pub bio_iter_size: u64,
+    pub bio_vec_page: u64,
+    pub bio_vec_size: u64,
+    pub page_flags: u64,
+    pub page_compound_head: u64,
+    pub page_mapping: u64,
+    pub page_memcg_data: u64,
+    /// `folio._nr_pages`: pages of a large folio.
+    pub folio_nr_pages: u64,
+    pub memcg_css: u64,
+    /// `1 << PG_head`.
+    pub page_head_mask: u64,
+    /// Low bits of `memcg_data` that are flags (`__NR_MEMCG_DATA_FLAGS - 1`).
+    pub memcg_data_flags: u64,
+    /// `MEMCG_DATA_KMEM`: the pointer is an object cgroup, not a page-cache owner.
+    pub memcg_data_kmem: u64,
+    pub page_size: u64,
+    /// OOM family: the memory page counter (`mem_cgroup.memory`) and its usage,
+    /// limit and parent, to find the cgroup whose limit was hit.
+    pub memcg_memory: u64,
+    pub page_counter_usage: u64,
+    pub page_counter_max: u64,
+    pub page_counter_parent: u64,
+    /// `PAGE_COUNTER_MAX`: a `max` at or above it is no limit.
+    pub page_counter_unlimited: u64,
+    /// A counter this close to its limit (in pages: a charge batch and a huge
+    /// page) at the kill is the limit that was hit.
+    pub oom_limit_slack_pages: u64,
+    pub task_tgid: u64,
+    pub task_comm: u64,
+    pub task_mm: u64,
+    /// `mm_struct.rss_stat[MM_*].count`.
+    pub mm_file_pages: u64,
+    pub mm_anon_pages: u64,
+    pub mm_shmem_pages: u64,
     /// `enum req_op` values.
     pub op_read: u32,
     pub op_write: u32,
@@ -242,7 +325,18 @@ pub const EVENT_COMPLETION_UNMATCHED: u32 = 5;
 /// A block request whose completion the program never saw (the kernel did not run
 /// it for that tracepoint hit): counted when the request struct is issued again.
 pub const EVENT_COMPLETION_MISSED: u32 = 6;
-pub const EVENT_SLOTS: u32 = 7;
+pub const EVENT_WRITEBACK_MAP_FULL: u32 = 7;
+pub const EVENT_DIRTIED_MAP_FULL: u32 = 8;
+/// A write request with more bios than the program walks: the rest of its bytes
+/// went to the owner of the last bio walked.
+pub const EVENT_WRITEBACK_BIOS_TRUNCATED: u32 = 9;
+/// The OOM ring buffer was full: a kill was not reported.
+pub const EVENT_OOM_RING_FULL: u32 = 10;
+pub const EVENT_SLOTS: u32 = 11;
+
+/// Bios of one write request the writeback program walks (merged requests rarely
+/// hold more; the rest is counted in [`EVENT_WRITEBACK_BIOS_TRUNCATED`]).
+pub const WRITEBACK_MAX_BIOS: u32 = 32;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -252,6 +346,7 @@ mod pod {
     unsafe impl aya::Pod for super::BlockCounters {}
     unsafe impl aya::Pod for super::InFlightRequest {}
     unsafe impl aya::Pod for super::KernelLayout {}
+    unsafe impl aya::Pod for super::OwnerKey {}
 }
 
 #[cfg(test)]

@@ -6,6 +6,11 @@
 //! Block I/O (`tp_btf` block_rq_issue, block_rq_complete): per cgroup, disk and
 //! operation, bytes, issued and completed requests and issue→complete latency.
 //!
+//! Writeback (`tp_btf` writeback_dirty_folio, block_rq_issue): page-cache bytes
+//! dirtied and written back, charged to the memory cgroup that owns the pages.
+//! OOM (`tp_btf` mark_victim): each kill, with its victim, memory cgroup and the
+//! cgroup whose limit was hit, through a ring buffer.
+//!
 //! Rust eBPF has no CO-RE relocations, so every kernel structure member is read at
 //! an offset the agent resolved from the running kernel's BTF and wrote into
 //! [`LAYOUT`] before loading.
@@ -13,19 +18,22 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_task_btf, bpf_ktime_get_ns},
+    EbpfContext,
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    helpers::{bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{btf_tracepoint, map},
-    maps::{HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::BtfTracePointContext,
 };
 use aya_log_ebpf::warn;
 use horcrux_common::{
     BLOCK_OP_DISCARD, BLOCK_OP_FLUSH, BLOCK_OP_OTHER, BLOCK_OP_READ, BLOCK_OP_WRITE, BlockCounters,
     BlockKey, CgroupPath, EVENT_BLOCK_MAP_FULL, EVENT_COMPLETION_MISSED,
-    EVENT_COMPLETION_UNMATCHED, EVENT_INFLIGHT_MAP_FULL, EVENT_READ_FAILED, EVENT_SCHED_MAP_FULL,
-    EVENT_SLOTS, EVENT_WAKEUP_MAP_FULL, InFlightRequest, KernelLayout, REQ_OP_MASK, SchedCounters,
-    device_number,
+    EVENT_COMPLETION_UNMATCHED, EVENT_DIRTIED_MAP_FULL, EVENT_INFLIGHT_MAP_FULL,
+    EVENT_OOM_RING_FULL, EVENT_READ_FAILED, EVENT_SCHED_MAP_FULL, EVENT_SLOTS,
+    EVENT_WAKEUP_MAP_FULL, EVENT_WRITEBACK_BIOS_TRUNCATED, EVENT_WRITEBACK_MAP_FULL,
+    InFlightRequest, KernelLayout, OOM_CONSTRAINT_GLOBAL, OOM_CONSTRAINT_MEMCG, OOM_MAX_DEPTH,
+    OomKill, OwnerKey, REQ_OP_MASK, SchedCounters, WRITEBACK_MAX_BIOS, device_number,
 };
 
 /// Overwritten by the agent at load time (`EbpfLoader::override_global`).
@@ -55,6 +63,35 @@ static LAYOUT: KernelLayout = KernelLayout {
     bio_blkg: 0,
     blkg_blkcg: 0,
     blkcg_css: 0,
+    memory_css: 0,
+    request_next_bio: 0,
+    bio_io_vec: 0,
+    bio_iter_idx: 0,
+    bio_iter_size: 0,
+    bio_vec_page: 0,
+    bio_vec_size: 0,
+    page_flags: 0,
+    page_compound_head: 0,
+    page_mapping: 0,
+    page_memcg_data: 0,
+    folio_nr_pages: 0,
+    memcg_css: 0,
+    page_head_mask: 0,
+    memcg_data_flags: 0,
+    memcg_data_kmem: 0,
+    page_size: 0,
+    memcg_memory: 0,
+    page_counter_usage: 0,
+    page_counter_max: 0,
+    page_counter_parent: 0,
+    page_counter_unlimited: 0,
+    oom_limit_slack_pages: 0,
+    task_tgid: 0,
+    task_comm: 0,
+    task_mm: 0,
+    mm_file_pages: 0,
+    mm_anon_pages: 0,
+    mm_shmem_pages: 0,
     op_read: 0,
     op_write: 0,
     op_flush: 0,
@@ -76,8 +113,13 @@ static SCHED_ZERO: SchedCounters = SchedCounters::ZERO;
 static BLOCK_ZERO: BlockCounters = BlockCounters::ZERO;
 
 /// Scheduler counters per cgroup (kernfs id in the hierarchy CPU time is charged in).
+///
+/// The per-cgroup maps are sized by the agent at load time (from `max_containers`)
+/// and allocate entries as cgroups appear rather than all up front: per-CPU values
+/// times possible CPUs would otherwise pin their full size on large hosts.
 #[map(name = "SCHED")]
-static SCHED: PerCpuHashMap<u64, SchedCounters> = PerCpuHashMap::with_max_entries(8192, 0);
+static SCHED: PerCpuHashMap<u64, SchedCounters> =
+    PerCpuHashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
 
 /// When a task became runnable (woken or preempted), by `task_struct` address.
 #[map(name = "RUNNABLE_SINCE")]
@@ -95,7 +137,22 @@ static RUNNING: PerCpuArray<Running> = PerCpuArray::with_max_entries(1, 0);
 
 /// Block I/O counters per (blkio cgroup, disk, operation).
 #[map(name = "BLOCK")]
-static BLOCK: PerCpuHashMap<BlockKey, BlockCounters> = PerCpuHashMap::with_max_entries(8192, 0);
+static BLOCK: PerCpuHashMap<BlockKey, BlockCounters> =
+    PerCpuHashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
+
+/// Page-cache bytes written back, by owning memory cgroup and disk.
+#[map(name = "WRITEBACK")]
+static WRITEBACK: PerCpuHashMap<OwnerKey, u64> =
+    PerCpuHashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
+
+/// Page-cache bytes dirtied, by owning memory cgroup (device 0).
+#[map(name = "DIRTIED")]
+static DIRTIED: PerCpuHashMap<OwnerKey, u64> =
+    PerCpuHashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
+
+/// OOM kills for the agent.
+#[map(name = "OOM_KILLS")]
+static OOM_KILLS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 
 /// Requests issued and not yet completed, by `struct request` address; the agent
 /// counts them by key for the in-flight figures.
@@ -464,6 +521,252 @@ pub fn block_rq_complete(ctx: BtfTracePointContext) -> u32 {
             }
         }
     }
+    0
+}
+
+/// Reads a `T` at `address` through a pointer the verifier does not know the type
+/// of (one computed from a scalar, like `memcg_data`): a checked kernel read.
+#[inline(always)]
+fn probe<T>(address: u64) -> Option<T> {
+    if address == 0 {
+        return None;
+    }
+    // SAFETY: the helper checks the address; a bad one is an error, not a fault.
+    unsafe { bpf_probe_read_kernel(address as *const T) }.ok()
+}
+
+/// The kernfs id of the memory cgroup at `memcg` (a `struct mem_cgroup *` as a scalar).
+#[inline(always)]
+fn memcg_kernfs_id(memcg: u64) -> Option<u64> {
+    let cgroup: u64 = probe(memcg + layout!(memcg_css) + layout!(css_cgroup))?;
+    let kernfs_node: u64 = probe(cgroup + layout!(cgroup_kn))?;
+    let id: u64 = probe(kernfs_node + layout!(kernfs_node_id))?;
+    (id != 0).then_some(id)
+}
+
+/// The memory cgroup owning a page-cache page: the kernfs id of its folio's memcg.
+/// `None` for anything but page cache: anonymous memory (a direct write's user
+/// buffer), kernel memory, pages without a mapping; and for pages charged to no
+/// memcg (only when the memory controller is disabled).
+#[inline(always)]
+fn page_cache_owner(page: u64) -> Option<u64> {
+    let compound_head: u64 = probe(page + layout!(page_compound_head))?;
+    // A tail page of a large folio points at its head with bit 0 set.
+    let head = if compound_head & 1 != 0 {
+        compound_head - 1
+    } else {
+        page
+    };
+    let mapping: u64 = probe(head + layout!(page_mapping))?;
+    // The low bits tag anonymous and movable mappings.
+    if mapping == 0 || mapping & 3 != 0 {
+        return None;
+    }
+    let memcg_data: u64 = probe(head + layout!(page_memcg_data))?;
+    if memcg_data & layout!(memcg_data_kmem) != 0 {
+        return None;
+    }
+    memcg_kernfs_id(memcg_data & !layout!(memcg_data_flags))
+}
+
+#[inline(always)]
+fn add_owned(
+    ctx: &impl EbpfContext,
+    map: &'static PerCpuHashMap<OwnerKey, u64>,
+    key: &OwnerKey,
+    bytes: u64,
+    full_event: u32,
+) {
+    if let Some(total) = map.get_ptr_mut(key) {
+        // SAFETY: this CPU's value of a per-CPU map.
+        unsafe { *total += bytes };
+        return;
+    }
+    if let Err(error) = map.insert(key, &bytes, u64::from(BPF_NOEXIST)) {
+        if error == -EEXIST {
+            if let Some(total) = map.get_ptr_mut(key) {
+                // SAFETY: as above.
+                unsafe { *total += bytes };
+            }
+        } else if count_event(full_event) {
+            warn!(
+                ctx,
+                "page-cache owner map full (event slot {}): bytes lost", full_event
+            );
+        }
+    }
+}
+
+/// `writeback_dirty_folio(struct folio *folio, struct address_space *mapping)`:
+/// a page-cache folio turns dirty (`folio_account_dirtied`, where the kernel
+/// counts `nr_dirtied`); its bytes are charged to the memory cgroup owning it.
+#[btf_tracepoint(function = "writeback_dirty_folio")]
+pub fn writeback_dirty_folio(ctx: BtfTracePointContext) -> u32 {
+    let folio: u64 = ctx.arg(0);
+    let flags: u64 = read(folio, layout!(page_flags));
+    let pages = if flags & layout!(page_head_mask) != 0 {
+        let pages: u32 = read(folio, layout!(folio_nr_pages));
+        u64::from(pages)
+    } else {
+        1
+    };
+    let memcg_data: u64 = read(folio, layout!(page_memcg_data));
+    if memcg_data & layout!(memcg_data_kmem) != 0 {
+        return 0;
+    }
+    let memcg = memcg_data & !layout!(memcg_data_flags);
+    if memcg == 0 {
+        return 0;
+    }
+    let Some(owner) = memcg_kernfs_id(memcg) else {
+        count_event(EVENT_READ_FAILED);
+        return 0;
+    };
+    let key = OwnerKey {
+        cgroup_id: owner,
+        device: 0,
+        reserved: 0,
+    };
+    add_owned(
+        &ctx,
+        &DIRTIED,
+        &key,
+        pages * layout!(page_size),
+        EVENT_DIRTIED_MAP_FULL,
+    );
+    0
+}
+
+/// `block_rq_issue`, for writes: each bio's bytes charged to the memory cgroup
+/// owning its first page when that is page cache (a write-back), per disk. The
+/// flusher threads write every cgroup's pages, so the bio's blkcg (what the block
+/// family charges) says who wrote, not whose data it was; a bio holds one inode's
+/// contiguous pages, dirtied by one owner in all but shared files.
+#[btf_tracepoint(function = "block_rq_issue")]
+pub fn writeback_rq_issue(ctx: BtfTracePointContext) -> u32 {
+    let request: u64 = ctx.arg(0);
+    let cmd_flags: u32 = read(request, layout!(request_cmd_flags));
+    if cmd_flags & REQ_OP_MASK != layout!(op_write) {
+        return 0;
+    }
+    let Some(disk) = pointer(request, layout!(request_q))
+        .and_then(|queue| pointer(queue, layout!(request_queue_disk)))
+    else {
+        count_event(EVENT_READ_FAILED);
+        return 0;
+    };
+    let major: u32 = read(disk, layout!(gendisk_major));
+    let minor: u32 = read(disk, layout!(gendisk_first_minor));
+    let device = device_number(major, minor);
+    let mut bio = pointer(request, layout!(request_bio));
+    let mut walked = 0;
+    while walked < WRITEBACK_MAX_BIOS {
+        let Some(current) = bio else {
+            return 0;
+        };
+        let bytes: u32 = read(current, layout!(bio_iter_size));
+        let index: u32 = read(current, layout!(bio_iter_idx));
+        let page = pointer(current, layout!(bio_io_vec)).and_then(|vectors| {
+            probe::<u64>(
+                vectors + u64::from(index) * layout!(bio_vec_size) + layout!(bio_vec_page),
+            )
+        });
+        if let Some(owner) = page.and_then(page_cache_owner) {
+            let key = OwnerKey {
+                cgroup_id: owner,
+                device,
+                reserved: 0,
+            };
+            add_owned(
+                &ctx,
+                &WRITEBACK,
+                &key,
+                u64::from(bytes),
+                EVENT_WRITEBACK_MAP_FULL,
+            );
+        }
+        bio = pointer(current, layout!(request_next_bio));
+        walked += 1;
+    }
+    if bio.is_some() {
+        count_event(EVENT_WRITEBACK_BIOS_TRUNCATED);
+    }
+    0
+}
+
+/// The nearest memory cgroup, from `memcg` up, whose usage is at its limit: the
+/// one whose limit made this an OOM (its kernfs id), or `None` (a global OOM).
+#[inline(always)]
+fn limit_hit(memcg: u64) -> Option<u64> {
+    let mut counter = memcg + layout!(memcg_memory);
+    let mut depth = 0;
+    while depth < OOM_MAX_DEPTH {
+        let usage: u64 = probe(counter + layout!(page_counter_usage))?;
+        let max: u64 = probe(counter + layout!(page_counter_max))?;
+        if max < layout!(page_counter_unlimited)
+            && usage.saturating_add(layout!(oom_limit_slack_pages)) >= max
+        {
+            return memcg_kernfs_id(counter - layout!(memcg_memory));
+        }
+        counter = probe(counter + layout!(page_counter_parent))?;
+        if counter == 0 {
+            return None;
+        }
+        depth += 1;
+    }
+    None
+}
+
+/// `mark_victim(struct task_struct *task, uid_t uid)`: the OOM killer chose
+/// `task` and is killing it.
+#[btf_tracepoint(function = "mark_victim")]
+pub fn mark_victim(ctx: BtfTracePointContext) -> u32 {
+    let victim: u64 = ctx.arg(0);
+    let Some(mut entry) = OOM_KILLS.reserve::<OomKill>(0) else {
+        if count_event(EVENT_OOM_RING_FULL) {
+            warn!(&ctx, "OOM_KILLS ring buffer full: kill not reported");
+        }
+        return 0;
+    };
+    let mm = pointer(victim, layout!(task_mm));
+    let counter = |offset: u64| -> u64 {
+        mm.map_or(0, |mm| {
+            let pages: i64 = read(mm, offset);
+            pages.max(0) as u64
+        })
+    };
+    let comm_low: u64 = read(victim, layout!(task_comm));
+    let comm_high: u64 = read(victim, layout!(task_comm) + 8);
+    let mut comm = [0u8; 16];
+    comm[..8].copy_from_slice(&comm_low.to_le_bytes());
+    comm[8..].copy_from_slice(&comm_high.to_le_bytes());
+    let pid: i32 = read(victim, layout!(task_tgid));
+    let victim_tid: i32 = read(victim, layout!(task_pid));
+    // The memory css is embedded in its mem_cgroup.
+    let memcg = pointer(victim, layout!(task_cgroups))
+        .and_then(|css_set| pointer(css_set, layout!(memory_css)))
+        .map(|css| css - layout!(memcg_css));
+    let limit_cgroup_id = memcg.and_then(limit_hit).unwrap_or(0);
+    let kill = OomKill {
+        // SAFETY: a helper without preconditions.
+        time_ns: unsafe { bpf_ktime_get_ns() },
+        victim_cgroup_id: memcg.and_then(memcg_kernfs_id).unwrap_or(0),
+        limit_cgroup_id,
+        rss_pages: counter(layout!(mm_file_pages))
+            + counter(layout!(mm_anon_pages))
+            + counter(layout!(mm_shmem_pages)),
+        pid: pid as u32,
+        tid: victim_tid as u32,
+        constraint: if limit_cgroup_id != 0 {
+            OOM_CONSTRAINT_MEMCG
+        } else {
+            OOM_CONSTRAINT_GLOBAL
+        },
+        reserved: 0,
+        comm,
+    };
+    entry.write(kill);
+    entry.submit(0);
     0
 }
 

@@ -1,9 +1,10 @@
 //! `cargo xtask bench-ebpf`: what the eBPF programs cost the workloads they watch.
 //!
 //! Each round runs every workload with nothing attached, with the agent running
-//! (all programs attached), and with the libbpf-tools reference attached instead
-//! (`runqlat` for the scheduler workloads, `biolatency` for fio), in that order, so
-//! that drift in this noisy VM spreads over every configuration alike. Medians over
+//! with only its scheduler and block families (`horcrux-base`), with every family
+//! (writeback and OOM too), and with the libbpf-tools reference attached instead
+//! (`runqlat` for the scheduler workloads, `biolatency` for the disk ones), in that
+//! order, so that drift in this noisy VM spreads over every configuration alike. Medians over
 //! the rounds are reported, with each configuration's ratio to the detached run.
 //! Then, with the kernel's BPF statistics on, each program's run time per
 //! invocation: ours against the reference's, without the workloads' noise.
@@ -32,7 +33,7 @@ struct Workload {
     figure: fn(&str) -> Option<f64>,
 }
 
-fn workloads(fio_file: &Path) -> Vec<Workload> {
+fn workloads(fio_file: &Path, buffered_file: &Path) -> Vec<Workload> {
     let strings = |words: &[&str]| words.iter().map(|word| (*word).to_owned()).collect();
     vec![
         Workload {
@@ -74,6 +75,22 @@ fn workloads(fio_file: &Path) -> Vec<Workload> {
             figure: |output| output.lines().last()?.split(';').nth(7)?.parse().ok(),
         },
         Workload {
+            name: "buffered writes: dd 256 MiB through the page cache, then sync",
+            unit: "ms",
+            higher_is_better: false,
+            reference: "biolatency",
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                format!(
+                    "s=$(date +%s%N); dd if=/dev/zero of={0} bs=1M count=256 status=none && \
+                     sync && e=$(date +%s%N) && rm {0} && echo $(( (e - s) / 1000000 ))",
+                    buffered_file.display()
+                ),
+            ],
+            figure: |output| output.lines().last()?.trim().parse().ok(),
+        },
+        Workload {
             name: "mixed: hackbench, 4 groups of 40 processes over pipes",
             unit: "s",
             higher_is_better: false,
@@ -96,7 +113,15 @@ pub fn run(rounds: usize) -> Result {
     let root = workspace_root();
     let agent = root.join("target/release/horcrux-agent");
     let fio_file = root.join("target/bench-fio.bin");
-    let workloads = workloads(&fio_file);
+    let buffered_file = root.join("target/bench-buffered.bin");
+    let base_config = root.join("target/bench-ebpf-base.toml");
+    std::fs::write(&base_config, "[ebpf]\nfamilies = [\"sched\", \"block\"]\n")
+        .map_err(|error| format!("{}: {error}", base_config.display()))?;
+    let agents = Agents {
+        binary: &agent,
+        base_config: &base_config,
+    };
+    let workloads = workloads(&fio_file, &buffered_file);
     // Lay the fio file out once, so no run pays for allocating it.
     run_workload(Command::new("fio").args([
         "--name=layout",
@@ -113,8 +138,8 @@ pub fn run(rounds: usize) -> Result {
     for round in 1..=rounds {
         eprintln!("xtask bench-ebpf: round {round}/{rounds}");
         for (index, workload) in workloads.iter().enumerate() {
-            for configuration in ["detached", "horcrux", workload.reference] {
-                let attached = attach(configuration, &agent)?;
+            for configuration in ["detached", "horcrux-base", "horcrux", workload.reference] {
+                let attached = attach(configuration, &agents)?;
                 let output =
                     run_workload(Command::new(&workload.command[0]).args(&workload.command[1..]));
                 drop(attached);
@@ -129,10 +154,11 @@ pub fn run(rounds: usize) -> Result {
             }
         }
     }
-    let _ = std::fs::remove_file(&fio_file);
 
-    println!("| workload | detached | horcrux (all programs) | reference |");
-    println!("|---|---|---|---|");
+    println!(
+        "| workload | detached | horcrux: sched + block | horcrux: all families | reference |"
+    );
+    println!("|---|---|---|---|---|");
     for (index, workload) in workloads.iter().enumerate() {
         let median = |configuration: &str| median(&figures[&(index, configuration)]);
         let base = median("detached");
@@ -151,23 +177,27 @@ pub fn run(rounds: usize) -> Result {
             format!("{value:.2} {} ({change:+.1}% {word})", workload.unit)
         };
         println!(
-            "| {} | {base:.2} {} | {} | {}: {} |",
+            "| {} | {base:.2} {} | {} | {} | {}: {} |",
             workload.name,
             workload.unit,
+            cell("horcrux-base"),
             cell("horcrux"),
             workload.reference,
             cell(workload.reference)
         );
     }
     println!("\nMedians of {rounds} alternating rounds.");
-    per_invocation(&workloads, &agent)
+    // The fio file stays laid out for the statistics runs too.
+    let measured = per_invocation(&workloads, &agents);
+    let _ = std::fs::remove_file(&fio_file);
+    measured
 }
 
 /// The kernel's own measure of each program (`kernel.bpf_stats_enabled`): run time
 /// per invocation, free of the workloads' run-to-run noise, and the programs' share
 /// of all busy CPU time while the workload ran (`/proc/stat`). One run per workload
 /// and configuration; the statistics are read just before and after the workload.
-fn per_invocation(workloads: &[Workload], agent: &Path) -> Result {
+fn per_invocation(workloads: &[Workload], agents: &Agents) -> Result {
     const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
     let before =
         std::fs::read_to_string(BPF_STATS).map_err(|error| format!("{BPF_STATS}: {error}"))?;
@@ -177,7 +207,7 @@ fn per_invocation(workloads: &[Workload], agent: &Path) -> Result {
         let mut shares = Vec::new();
         for workload in workloads {
             for configuration in ["horcrux", workload.reference] {
-                let attached = attach(configuration, agent)?;
+                let attached = attach(configuration, agents)?;
                 let stats_before =
                     program_stats(&stdout_of(Command::new("bpftool").args(["prog", "show"]))?);
                 let busy_before = busy_cpu_ns()?;
@@ -294,7 +324,18 @@ impl Drop for Attached {
     }
 }
 
-fn attach(configuration: &str, agent: &Path) -> Result<Attached> {
+/// The agent binary, and a config attaching only the families before writeback
+/// and OOM.
+struct Agents<'a> {
+    binary: &'a Path,
+    base_config: &'a Path,
+}
+
+/// Programs the agent attaches: every family, or the scheduler and block ones.
+const ALL_PROGRAMS: usize = 8;
+const BASE_PROGRAMS: usize = 5;
+
+fn attach(configuration: &str, agents: &Agents) -> Result<Attached> {
     let spawn = |command: &mut Command| {
         command
             .stdout(Stdio::null())
@@ -304,7 +345,12 @@ fn attach(configuration: &str, agent: &Path) -> Result<Attached> {
     };
     let child = match configuration {
         "detached" => return Ok(Attached(None)),
-        "horcrux" => spawn(Command::new(agent).args(["--listen", AGENT_ADDRESS]))?,
+        "horcrux" => spawn(Command::new(agents.binary).args(["--listen", AGENT_ADDRESS]))?,
+        "horcrux-base" => spawn(
+            Command::new(agents.binary)
+                .args(["--listen", AGENT_ADDRESS, "--config"])
+                .arg(agents.base_config),
+        )?,
         // One long interval: the tool's own printing stays out of the measurement.
         reference => spawn(Command::new(reference).args(["600", "1"]))?,
     };
@@ -317,11 +363,15 @@ fn attach(configuration: &str, agent: &Path) -> Result<Attached> {
 fn wait_until_attached(configuration: &str) -> Result {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        let ready = match configuration {
-            "horcrux" => stdout_of(
+        let agent_attached = |programs: usize| {
+            stdout_of(
                 Command::new("curl").args(["-sf", &format!("http://{AGENT_ADDRESS}/api/status")]),
             )
-            .is_ok_and(|status| status.contains("\"attached_programs\":5")),
+            .is_ok_and(|status| status.contains(&format!("\"attached_programs\":{programs}")))
+        };
+        let ready = match configuration {
+            "horcrux" => agent_attached(ALL_PROGRAMS),
+            "horcrux-base" => agent_attached(BASE_PROGRAMS),
             // Their programs appear in the kernel's program list once loaded.
             reference => stdout_of(Command::new("bpftool").args(["prog", "show"]))
                 .is_ok_and(|programs| programs.contains(reference_program(reference))),

@@ -23,6 +23,8 @@ pub struct AgentView {
     pub websocket_clients: u64,
     /// Every `[[remote_write]]` and `[[otlp]]` target.
     pub exports: Vec<ExportView>,
+    /// OOM kills attributed so far.
+    pub oom: std::sync::Arc<crate::oom::OomView>,
 }
 
 type F = Family<AgentView>;
@@ -128,6 +130,42 @@ pub static FAMILIES: &[F] = &[
         },
     )
     .labels(&["event"]),
+    F::gauge(
+        "agent_ebpf_map_entries",
+        Unit::Count,
+        "Entries in a per-cgroup eBPF map at the last read; new cgroups are not \
+         counted while it is at its maximum (see `agent_ebpf_events_total`).",
+        |a, out| {
+            for map in a.ebpf.iter().flat_map(|ebpf| &ebpf.maps) {
+                out.labeled(&[map.name], Some(map.entries as u64));
+            }
+        },
+    )
+    .labels(&["map"]),
+    F::gauge(
+        "agent_ebpf_map_max_entries",
+        Unit::Count,
+        "Capacity of a per-cgroup eBPF map, sized from `max_containers` at load.",
+        |a, out| {
+            for map in a.ebpf.iter().flat_map(|ebpf| &ebpf.maps) {
+                out.labeled(&[map.name], Some(u64::from(map.max_entries)));
+            }
+        },
+    )
+    .labels(&["map"]),
+    F::counter(
+        "container_oom_kills_total",
+        Unit::Count,
+        "Processes killed by the OOM killer in a container (or VM: `kind`), by \
+         name: the count carries on when a container is recreated under the same \
+         name (eBPF; since the agent started).",
+        |a, out| {
+            for ((kind, runtime, name), kills) in &a.oom.by_name {
+                out.labeled(&[name, runtime, kind], Some(*kills));
+            }
+        },
+    )
+    .labels(&["name", "runtime", "kind"]),
     F::gauge(
         "agent_websocket_clients",
         Unit::Count,

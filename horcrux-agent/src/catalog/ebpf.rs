@@ -69,6 +69,26 @@ pub static FAMILIES: &[F] = &[
         },
     )
     .labels(&["device", "op"]),
+    F::counter(
+        "block_writeback_bytes_total",
+        Unit::Bytes,
+        "Page-cache bytes written back to the device on the cgroup's behalf: pages \
+         its memory cgroup owns, whichever task wrote them (the owner's view; the \
+         kernel charges flusher-thread writes to the root blkcg on v1) (eBPF).",
+        |e, out| {
+            for device in block_devices(e) {
+                out.labeled(&[device_name(device)], device.totals.writeback_bytes);
+            }
+        },
+    )
+    .labels(&["device"]),
+    F::counter(
+        "page_cache_dirtied_bytes_total",
+        Unit::Bytes,
+        "Page-cache bytes the cgroup's pages turned dirty (what writeback will \
+         write) (eBPF).",
+        |e, out| out.one(e.blkio.as_ref().and_then(|blkio| blkio.dirtied_bytes)),
+    ),
     F::gauge(
         "block_requests_in_flight",
         Unit::Count,

@@ -206,8 +206,7 @@ impl ContainerCollector {
                     .unwrap_or(&mut unused);
                 Box::new(ebpf_metrics(
                     ebpf.since,
-                    ebpf_share.sched.as_ref(),
-                    ebpf_share.block.as_deref(),
+                    &ebpf_share,
                     &device_names,
                     intervals,
                 ))

@@ -10,7 +10,7 @@ use horcrux_common::{
 
 use crate::{
     cgroup::inodes::nearest_ancestor,
-    ebpf::counters::{DeviceOpCounters, EbpfCounters},
+    ebpf::counters::{DeviceOpCounters, EbpfCounters, OwnerCounters},
     model::{
         BlkioDevice, BlkioMetrics, BlkioTotals, EbpfMetrics, Histogram, HistogramBucket,
         SchedMetrics,
@@ -57,27 +57,46 @@ fn add_entry(totals: &mut BlkioTotals, entry: &DeviceOpCounters) {
     totals.in_flight += entry.in_flight;
 }
 
-/// One cgroup's (or the node's) block I/O from its counters per device and operation.
+/// One cgroup's (or the node's) block I/O from its counters per device and
+/// operation, and, with the writeback family, the page-cache bytes it owns.
 pub fn blkio(
     entries: &[DeviceOpCounters],
+    owned: Option<&OwnerCounters>,
     device_names: &HashMap<(u32, u32), String>,
     latency_p99_us: Option<u64>,
 ) -> BlkioMetrics {
+    let owned_totals = || BlkioTotals {
+        writeback_bytes: owned.map(|_| 0),
+        ..BlkioTotals::default()
+    };
     let mut devices: BTreeMap<u32, (BlkioTotals, LatencyHistogram)> = BTreeMap::new();
-    let (mut totals, mut latency) = (BlkioTotals::default(), LatencyHistogram::ZERO);
+    let (mut totals, mut latency) = (owned_totals(), LatencyHistogram::ZERO);
     for entry in entries {
         let (device_totals, device_latency) = devices
             .entry(entry.device)
-            .or_insert((BlkioTotals::default(), LatencyHistogram::ZERO));
+            .or_insert_with(|| (owned_totals(), LatencyHistogram::ZERO));
         add_entry(device_totals, entry);
         device_latency.add(&entry.counters.latency);
         add_entry(&mut totals, entry);
         latency.add(&entry.counters.latency);
     }
+    // A device may see only write-backs of the cgroup's pages, none of its own I/O.
+    for (device, bytes) in owned.iter().flat_map(|owned| &owned.writeback_bytes) {
+        let (device_totals, _) = devices
+            .entry(*device)
+            .or_insert_with(|| (owned_totals(), LatencyHistogram::ZERO));
+        for writeback in [
+            &mut device_totals.writeback_bytes,
+            &mut totals.writeback_bytes,
+        ] {
+            *writeback = writeback.map(|sum| sum.wrapping_add(*bytes));
+        }
+    }
     BlkioMetrics {
         totals,
         latency: histogram(&latency),
         latency_p99_us,
+        dirtied_bytes: owned.map(|owned| owned.dirtied_bytes),
         devices: devices
             .into_iter()
             .map(|(device, (totals, latency))| {
@@ -138,27 +157,26 @@ pub struct EbpfIntervals {
     block_latency: IntervalP99,
 }
 
-/// `sched`/`block` are `None` when that family is not attached; a cgroup that has
-/// not been seen by an attached family passes zero counters.
+/// A family is `None` in `share` when it is not attached; a cgroup that has not
+/// been seen by an attached family passes zero counters.
 pub fn ebpf_metrics(
     since: u64,
-    sched: Option<&SchedCounters>,
-    block: Option<&[DeviceOpCounters]>,
+    share: &CgroupEbpf,
     device_names: &HashMap<(u32, u32), String>,
     intervals: &mut EbpfIntervals,
 ) -> EbpfMetrics {
     EbpfMetrics {
         since,
-        sched: sched.map(|sched| SchedMetrics {
+        sched: share.sched.as_ref().map(|sched| SchedMetrics {
             runq_latency: histogram(&sched.runq_latency),
             runq_latency_p99_us: intervals.runq_latency.observe(&sched.runq_latency),
             voluntary_switches: sched.voluntary_switches,
             involuntary_switches: sched.involuntary_switches,
             oncpu_ns: sched.oncpu_ns,
         }),
-        blkio: block.map(|entries| {
+        blkio: share.block.as_deref().map(|entries| {
             let p99 = intervals.block_latency.observe(&block_latency(entries));
-            blkio(entries, device_names, p99)
+            blkio(entries, share.writeback.as_ref(), device_names, p99)
         }),
     }
 }
@@ -238,7 +256,18 @@ mod tests {
             entry(sdb, BLOCK_OP_FLUSH, 0, &[100], 0),
         ];
         let names = HashMap::from([((254, 0), "vda".to_owned())]);
-        let metrics = blkio(&entries, &names, None);
+        let owned = OwnerCounters {
+            dirtied_bytes: 1 << 20,
+            writeback_bytes: BTreeMap::from([(sdb, 4096), (device_number(8, 0), 8192)]),
+        };
+        let metrics = blkio(&entries, Some(&owned), &names, None);
+        assert_eq!(metrics.dirtied_bytes, Some(1 << 20));
+        assert_eq!(metrics.totals.writeback_bytes, Some(12288));
+        assert_eq!(metrics.devices.len(), 3, "sda has write-backs only");
+        assert_eq!(metrics.devices[0].totals.writeback_bytes, Some(8192));
+        assert_eq!(metrics.devices[0].totals.write_ops, 0);
+        let metrics = blkio(&entries, None, &names, None);
+        assert_eq!(metrics.totals.writeback_bytes, None);
         assert_eq!(metrics.totals.read_bytes, 8192);
         assert_eq!(metrics.totals.read_ops, 2);
         assert_eq!(metrics.totals.write_ops, 1);
@@ -259,6 +288,19 @@ mod tests {
 pub struct CgroupEbpf {
     pub sched: Option<SchedCounters>,
     pub block: Option<Vec<DeviceOpCounters>>,
+    /// Page-cache bytes its memory cgroups own.
+    pub writeback: Option<OwnerCounters>,
+}
+
+impl CgroupEbpf {
+    /// The node's share: everything counted.
+    pub fn totals(ebpf: &EbpfCounters) -> Self {
+        Self {
+            sched: ebpf.sched.as_ref().map(|sched| sched.total),
+            block: ebpf.block.as_ref().map(|block| block.total.clone()),
+            writeback: ebpf.writeback.as_ref().map(|owned| owned.total.clone()),
+        }
+    }
 }
 
 /// Each target's share of the eBPF counters, in `paths` order (cgroup paths
@@ -275,6 +317,9 @@ pub fn ebpf_shares(ebpf: Option<&EbpfCounters>, paths: &[&str]) -> Vec<CgroupEbp
             block: ebpf
                 .and_then(|ebpf| ebpf.block.as_ref())
                 .map(|_| Vec::new()),
+            writeback: ebpf
+                .and_then(|ebpf| ebpf.writeback.as_ref())
+                .map(|_| OwnerCounters::default()),
         })
         .collect();
     let Some(ebpf) = ebpf else {
@@ -297,6 +342,13 @@ pub fn ebpf_shares(ebpf: Option<&EbpfCounters>, paths: &[&str]) -> Vec<CgroupEbp
             && let Some(block) = &mut shares[position].block
         {
             block.extend_from_slice(entries);
+        }
+    }
+    for (path, owned) in ebpf.writeback.iter().flat_map(|owned| &owned.by_cgroup) {
+        if let Some(&position) = nearest_ancestor(&positions, path)
+            && let Some(writeback) = &mut shares[position].writeback
+        {
+            writeback.add(owned);
         }
     }
     shares

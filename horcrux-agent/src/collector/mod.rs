@@ -40,7 +40,7 @@ use crate::{
     model::{ContainerMetrics, EbpfMetrics, NodeMetrics},
 };
 use containers::{ContainerCollector, ContainerSettings, DiscoveryReport};
-use ebpf::{EbpfIntervals, ebpf_metrics};
+use ebpf::{CgroupEbpf, EbpfIntervals, ebpf_metrics};
 use node::{NodeCollector, NodeSources};
 use supervisor::CollectorStatus;
 
@@ -185,7 +185,7 @@ fn node_ebpf(
     intervals: &mut EbpfIntervals,
 ) -> Option<EbpfMetrics> {
     let counters: &EbpfCounters = &ebpf.counters;
-    if counters.sched.is_none() && counters.block.is_none() {
+    if counters.sched.is_none() && counters.block.is_none() && counters.writeback.is_none() {
         return None;
     }
     let device_names = node
@@ -196,8 +196,7 @@ fn node_ebpf(
         .collect();
     Some(ebpf_metrics(
         counters.since,
-        counters.sched.as_ref().map(|sched| &sched.total),
-        counters.block.as_ref().map(|block| block.total.as_slice()),
+        &CgroupEbpf::totals(counters),
         &device_names,
         intervals,
     ))

@@ -316,13 +316,7 @@ impl VmCollector {
                 .zip(share.filter(|_| cgroup.is_some()))
                 .map(|(ebpf, share)| {
                     let intervals = self.ebpf_intervals.entry(target.key.clone()).or_default();
-                    Box::new(ebpf_metrics(
-                        ebpf.since,
-                        share.sched.as_ref(),
-                        share.block.as_deref(),
-                        &device_names,
-                        intervals,
-                    ))
+                    Box::new(ebpf_metrics(ebpf.since, &share, &device_names, intervals))
                 });
             let vm = self.metrics(
                 target,

@@ -5,8 +5,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuHashMap, PerCpuValues};
-use horcrux_common::{BlockCounters, BlockKey, InFlightRequest, SchedCounters};
+use aya::maps::{HashMap as BpfHashMap, IterableMap, MapData, PerCpuHashMap, PerCpuValues};
+use horcrux_common::{BlockCounters, BlockKey, InFlightRequest, OwnerKey, SchedCounters};
 
 use crate::cgroup::inodes::InodeIndex;
 
@@ -27,6 +27,8 @@ pub struct DeviceOpCounters {
 pub struct EbpfCounters {
     pub sched: Option<FamilyCounters<SchedCounters>>,
     pub block: Option<FamilyCounters<Vec<DeviceOpCounters>>>,
+    /// By memory cgroup (the pages' owner), not by blkio cgroup.
+    pub writeback: Option<FamilyCounters<OwnerCounters>>,
     /// Unix seconds when the programs were attached: the counters start there.
     pub since: u64,
 }
@@ -59,7 +61,7 @@ pub fn idle_devices(disks: impl IntoIterator<Item = (u32, u32, u64)>) -> IdleDev
 const STALE_IN_FLIGHT_NS: u64 = 60_000_000_000;
 
 /// `CLOCK_MONOTONIC`, the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
+pub(super) fn monotonic_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |time| {
         time.tv_sec() as u64 * 1_000_000_000 + time.tv_nsec() as u64
     })
@@ -70,14 +72,28 @@ pub struct CgroupMap<K: aya::Pod, V: aya::Pod> {
     map: PerCpuHashMap<MapData, K, V>,
     index: InodeIndex,
     reads_since_walk: u32,
+    max_entries: u32,
+    /// Entries at the last read.
+    entries: usize,
 }
 
 impl<K: aya::Pod, V: aya::Pod> CgroupMap<K, V> {
     pub fn new(map: PerCpuHashMap<MapData, K, V>, index: InodeIndex) -> Self {
+        let max_entries = map.map().info().map_or(0, |info| info.max_entries());
         Self {
             map,
             index,
             reads_since_walk: RECLAIM_EVERY_CYCLES,
+            max_entries,
+            entries: 0,
+        }
+    }
+
+    pub fn status(&self, name: &'static str) -> super::MapStatus {
+        super::MapStatus {
+            name,
+            max_entries: self.max_entries,
+            entries: self.entries,
         }
     }
 
@@ -98,6 +114,7 @@ impl<K: aya::Pod, V: aya::Pod> CgroupMap<K, V> {
             let (key, values) = entry.map_err(|error| super::chain(&error))?;
             entries.push((key, sum(&values)));
         }
+        self.entries = entries.len();
         // A cgroup id the index does not know is new (or removed): walk now;
         // otherwise walk now and then to notice removed cgroups.
         self.reads_since_walk += 1;
@@ -127,6 +144,10 @@ fn sum_sched(values: &PerCpuValues<SchedCounters>) -> SchedCounters {
     let mut total = SchedCounters::ZERO;
     values.iter().for_each(|cpu| total.add(cpu));
     total
+}
+
+fn sum_bytes(values: &PerCpuValues<u64>) -> u64 {
+    values.iter().fold(0, |sum, bytes| sum.wrapping_add(*bytes))
 }
 
 fn sum_block(values: &PerCpuValues<BlockCounters>) -> BlockCounters {
@@ -302,5 +323,74 @@ impl BlockSource {
             })
             .collect();
         Ok(FamilyCounters { by_cgroup, total })
+    }
+}
+
+/// Page-cache bytes one memory cgroup owns: dirtied, and written back per device.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OwnerCounters {
+    pub dirtied_bytes: u64,
+    /// `MKDEV` of the whole disk → bytes.
+    pub writeback_bytes: BTreeMap<u32, u64>,
+}
+
+impl OwnerCounters {
+    pub fn add(&mut self, other: &Self) {
+        self.dirtied_bytes = self.dirtied_bytes.wrapping_add(other.dirtied_bytes);
+        for (device, bytes) in &other.writeback_bytes {
+            let total = self.writeback_bytes.entry(*device).or_default();
+            *total = total.wrapping_add(*bytes);
+        }
+    }
+}
+
+/// The writeback and dirtied maps (keyed by memory cgroup) and the counts of
+/// cgroups removed since attach.
+pub struct WritebackSource {
+    pub written: CgroupMap<OwnerKey, u64>,
+    pub dirtied: CgroupMap<OwnerKey, u64>,
+    retired: OwnerCounters,
+}
+
+impl WritebackSource {
+    pub fn new(written: CgroupMap<OwnerKey, u64>, dirtied: CgroupMap<OwnerKey, u64>) -> Self {
+        Self {
+            written,
+            dirtied,
+            retired: OwnerCounters::default(),
+        }
+    }
+
+    pub fn read(&mut self) -> Result<FamilyCounters<OwnerCounters>, String> {
+        let written = self.written.read(|key| key.cgroup_id, sum_bytes)?;
+        let dirtied = self.dirtied.read(|key| key.cgroup_id, sum_bytes)?;
+        let mut family = FamilyCounters {
+            by_cgroup: HashMap::with_capacity(written.len().max(dirtied.len())),
+            total: self.retired.clone(),
+        };
+        let owned = written
+            .into_iter()
+            .map(|(path, key, bytes)| {
+                let counters = OwnerCounters {
+                    dirtied_bytes: 0,
+                    writeback_bytes: BTreeMap::from([(key.device, bytes)]),
+                };
+                (path, counters)
+            })
+            .chain(dirtied.into_iter().map(|(path, _, bytes)| {
+                let counters = OwnerCounters {
+                    dirtied_bytes: bytes,
+                    writeback_bytes: BTreeMap::new(),
+                };
+                (path, counters)
+            }));
+        for (path, counters) in owned {
+            match path {
+                Some(path) => family.by_cgroup.entry(path).or_default().add(&counters),
+                None => self.retired.add(&counters),
+            }
+            family.total.add(&counters);
+        }
+        Ok(family)
     }
 }

@@ -41,13 +41,13 @@ pub enum LayoutError {
     TracepointArguments { tracepoint: String, reason: String },
 }
 
-/// Where CPU work is charged on this host.
+/// Which hierarchy a controller's cgroups (CPU, memory) are named in on this host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CpuCgroups {
+pub enum CgroupTree {
     /// cgroup2: the task's own cgroup2 directory (`css_set.dfl_cgrp`).
     Unified,
-    /// v1 or hybrid: the task's cgroup in the cpu controller's hierarchy.
-    V1CpuController,
+    /// v1 or hybrid: the task's cgroup in that controller's own hierarchy.
+    V1Controller,
 }
 
 /// The parsed kernel BTF.
@@ -162,6 +162,35 @@ impl KernelBtf {
         }
     }
 
+    /// The value of an enumerator in any enum, named or not (the kernel declares
+    /// some, like `MM_ANONPAGES`, in anonymous enums).
+    pub fn enumerator(&self, value: &str) -> Result<u32, LayoutError> {
+        let missing = || LayoutError::MissingEnumValue {
+            ty: "(any)".into(),
+            value: value.into(),
+        };
+        let found = self.types.get().values().find_map(|ty| match ty {
+            TypeVariant::Enum(enumeration) => enumeration
+                .named_value_list()
+                .iter()
+                .find(|named| named.name == value)
+                .map(|named| named.value),
+            _ => None,
+        });
+        match found.ok_or_else(missing)? {
+            btfparse::Integer32Value::Unsigned(value) => Ok(value),
+            btfparse::Integer32Value::Signed(value) => u32::try_from(value).map_err(|_| missing()),
+        }
+    }
+
+    /// The size of struct `ty`.
+    fn size_of(&self, ty: &str) -> Result<u64, LayoutError> {
+        self.types
+            .size_of(self.type_id(ty)?)
+            .map(|size| size as u64)
+            .map_err(|error| LayoutError::Parse(btf_error(&error)))
+    }
+
     /// The names of the types a `tp_btf` tracepoint passes, after the hidden
     /// context pointer (`btf_trace_<name>` is a pointer to its prototype).
     pub fn tracepoint_arguments(&self, tracepoint: &str) -> Result<Vec<String>, LayoutError> {
@@ -236,7 +265,7 @@ impl KernelBtf {
     /// Everything the scheduler programs read: task → css_set → cgroup → kernfs id.
     pub fn resolve_sched(
         &self,
-        cpu: CpuCgroups,
+        cpu: CgroupTree,
         layout: &mut KernelLayout,
     ) -> Result<(), LayoutError> {
         self.expect_arguments("sched_wakeup", &["task_struct *"])?;
@@ -248,8 +277,8 @@ impl KernelBtf {
         self.resolve_cgroup_common(layout)?;
         layout.task_pid = self.member("task_struct", "pid", 4)?;
         layout.cpu_cgroup = self.cgroup_path(match cpu {
-            CpuCgroups::Unified => None,
-            CpuCgroups::V1CpuController => Some("cpu_cgrp_id"),
+            CgroupTree::Unified => None,
+            CgroupTree::V1Controller => Some("cpu_cgrp_id"),
         })?;
         Ok(())
     }
@@ -257,25 +286,123 @@ impl KernelBtf {
     /// Everything the block programs read: request → disk, operation, size, and
     /// request → bio → blkcg_gq → blkcg → cgroup → kernfs id.
     pub fn resolve_block(&self, layout: &mut KernelLayout) -> Result<(), LayoutError> {
-        self.expect_arguments("block_rq_issue", &["request *"])?;
         self.expect_arguments("block_rq_complete", &["request *"])?;
-        self.resolve_cgroup_common(layout)?;
+        self.resolve_request(layout)?;
         layout.io_cgroup = self.cgroup_path(Some("io_cgrp_id"))?;
-        layout.request_q = self.member("request", "q", POINTER)?;
-        layout.request_bio = self.member("request", "bio", POINTER)?;
-        layout.request_cmd_flags = self.member("request", "cmd_flags", 4)?;
         layout.request_data_len = self.member("request", "__data_len", 4)?;
         layout.request_start_time_ns = self.member("request", "start_time_ns", 8)?;
-        layout.request_queue_disk = self.member("request_queue", "disk", POINTER)?;
-        layout.gendisk_major = self.member("gendisk", "major", 4)?;
-        layout.gendisk_first_minor = self.member("gendisk", "first_minor", 4)?;
         layout.bio_blkg = self.member("bio", "bi_blkg", POINTER)?;
         layout.blkg_blkcg = self.member("blkcg_gq", "blkcg", POINTER)?;
         layout.blkcg_css = self.embedded("blkcg", "css")?;
         layout.op_read = self.enum_value("req_op", "REQ_OP_READ")?;
-        layout.op_write = self.enum_value("req_op", "REQ_OP_WRITE")?;
         layout.op_flush = self.enum_value("req_op", "REQ_OP_FLUSH")?;
         layout.op_discard = self.enum_value("req_op", "REQ_OP_DISCARD")?;
+        Ok(())
+    }
+
+    /// An issued request's disk, operation and first bio (block and writeback).
+    fn resolve_request(&self, layout: &mut KernelLayout) -> Result<(), LayoutError> {
+        self.expect_arguments("block_rq_issue", &["request *"])?;
+        self.resolve_cgroup_common(layout)?;
+        layout.request_q = self.member("request", "q", POINTER)?;
+        layout.request_bio = self.member("request", "bio", POINTER)?;
+        layout.request_cmd_flags = self.member("request", "cmd_flags", 4)?;
+        layout.request_queue_disk = self.member("request_queue", "disk", POINTER)?;
+        layout.gendisk_major = self.member("gendisk", "major", 4)?;
+        layout.gendisk_first_minor = self.member("gendisk", "first_minor", 4)?;
+        layout.op_write = self.enum_value("req_op", "REQ_OP_WRITE")?;
+        Ok(())
+    }
+
+    /// How a memory cgroup is reached: from a task (its memory css, in v1 and v2
+    /// alike the `mem_cgroup` its memory is charged to), and from a `mem_cgroup`
+    /// (its css's cgroup, named in the memory controller's hierarchy).
+    fn resolve_memory_cgroup(&self, layout: &mut KernelLayout) -> Result<(), LayoutError> {
+        self.resolve_cgroup_common(layout)?;
+        layout.memory_css = self.cgroup_path(Some("memory_cgrp_id"))?.css_set_offset;
+        layout.memcg_css = self.embedded("mem_cgroup", "css")?;
+        Ok(())
+    }
+
+    /// Everything the writeback programs read: a folio's flags, size and memcg
+    /// (dirtied), a write request's bios → first page → its folio's memcg (written
+    /// back). The folio is read at the offsets of the `struct page` it overlays,
+    /// which is checked.
+    pub fn resolve_writeback(
+        &self,
+        page_size: u64,
+        layout: &mut KernelLayout,
+    ) -> Result<(), LayoutError> {
+        self.expect_arguments("writeback_dirty_folio", &["folio *", "address_space *"])?;
+        self.resolve_request(layout)?;
+        self.resolve_memory_cgroup(layout)?;
+        layout.request_next_bio = self.member("bio", "bi_next", POINTER)?;
+        layout.bio_io_vec = self.member("bio", "bi_io_vec", POINTER)?;
+        layout.bio_iter_idx = self.member("bio", "bi_iter.bi_idx", 4)?;
+        layout.bio_iter_size = self.member("bio", "bi_iter.bi_size", 4)?;
+        layout.bio_vec_page = self.member("bio_vec", "bv_page", POINTER)?;
+        layout.bio_vec_size = self.size_of("bio_vec")?;
+        layout.page_flags = self.member("page", "flags", 8)?;
+        layout.page_compound_head = self.member("page", "compound_head", 8)?;
+        layout.page_mapping = self.member("page", "mapping", POINTER)?;
+        layout.page_memcg_data = self.member("page", "memcg_data", 8)?;
+        for (member, page_offset) in [
+            ("flags", layout.page_flags),
+            ("memcg_data", layout.page_memcg_data),
+        ] {
+            let folio_offset = self.member("folio", member, 8)?;
+            if folio_offset != page_offset {
+                return Err(LayoutError::MissingMember {
+                    ty: "folio".into(),
+                    member: member.into(),
+                    reason: format!(
+                        "at {folio_offset}, not at the {page_offset} of its struct page"
+                    ),
+                });
+            }
+        }
+        // Renamed from `_folio_nr_pages` in Linux 6.16.
+        layout.folio_nr_pages = self
+            .member("folio", "_nr_pages", 4)
+            .or_else(|_| self.member("folio", "_folio_nr_pages", 4))?;
+        layout.page_head_mask = 1 << self.enum_value("pageflags", "PG_head")?;
+        layout.memcg_data_flags =
+            u64::from(self.enum_value("page_memcg_data_flags", "__NR_MEMCG_DATA_FLAGS")?) - 1;
+        layout.memcg_data_kmem =
+            u64::from(self.enum_value("page_memcg_data_flags", "MEMCG_DATA_KMEM")?);
+        layout.page_size = page_size;
+        Ok(())
+    }
+
+    /// Everything the OOM program reads: the victim's ids, name, memory cgroup and
+    /// resident pages, and the memory page counters up from its cgroup.
+    pub fn resolve_oom(
+        &self,
+        page_size: u64,
+        layout: &mut KernelLayout,
+    ) -> Result<(), LayoutError> {
+        self.expect_arguments("mark_victim", &["task_struct *"])?;
+        self.resolve_memory_cgroup(layout)?;
+        layout.task_pid = self.member("task_struct", "pid", 4)?;
+        layout.memcg_memory = self.embedded("mem_cgroup", "memory")?;
+        layout.page_counter_usage = self.member("page_counter", "usage", 8)?;
+        layout.page_counter_max = self.member("page_counter", "max", 8)?;
+        layout.page_counter_parent = self.member("page_counter", "parent", POINTER)?;
+        // PAGE_COUNTER_MAX (a macro): LONG_MAX / PAGE_SIZE on 64-bit kernels.
+        layout.page_counter_unlimited = i64::MAX as u64 / page_size.max(1);
+        // Two charge batches (MEMCG_CHARGE_BATCH, 64 pages) and a 2 MiB huge page.
+        layout.oom_limit_slack_pages = 2 * 64 + (2 << 20) / page_size.max(1);
+        layout.task_tgid = self.member("task_struct", "tgid", 4)?;
+        layout.task_comm = self.member("task_struct", "comm", 16)?;
+        layout.task_mm = self.member("task_struct", "mm", POINTER)?;
+        for (counter, offset) in [
+            ("MM_FILEPAGES", &mut layout.mm_file_pages),
+            ("MM_ANONPAGES", &mut layout.mm_anon_pages),
+            ("MM_SHMEMPAGES", &mut layout.mm_shmem_pages),
+        ] {
+            let index = self.enumerator(counter)?;
+            *offset = self.member("mm_struct", &format!("rss_stat[{index}].count"), 8)?;
+        }
         Ok(())
     }
 
@@ -347,11 +474,11 @@ mod tests {
     fn resolves_this_kernels_layout_as_bpftool_reads_it() {
         let Some(btf) = kernel_btf() else { return };
         let mut v1 = KernelLayout::default();
-        btf.resolve_sched(CpuCgroups::V1CpuController, &mut v1)
+        btf.resolve_sched(CgroupTree::V1Controller, &mut v1)
             .expect("scheduler layout (v1)");
         btf.resolve_block(&mut v1).expect("block layout");
         let mut unified = KernelLayout::default();
-        btf.resolve_sched(CpuCgroups::Unified, &mut unified)
+        btf.resolve_sched(CgroupTree::Unified, &mut unified)
             .expect("scheduler layout (cgroup2)");
         assert_eq!(unified.cpu_cgroup.through_css, 0);
         assert_eq!(v1.cpu_cgroup.through_css, 1);
@@ -396,6 +523,33 @@ mod tests {
             v1.io_cgroup.css_set_offset,
             subsys + 8 * value("cgroup_subsys_id", "io_cgrp_id")
         );
+        // The writeback and OOM families' direct members.
+        let mut owners = KernelLayout::default();
+        btf.resolve_writeback(4096, &mut owners)
+            .expect("writeback layout");
+        btf.resolve_oom(4096, &mut owners).expect("OOM layout");
+        for (ty, member, resolved) in [
+            ("bio", "bi_next", owners.request_next_bio),
+            ("bio", "bi_io_vec", owners.bio_io_vec),
+            ("bio_vec", "bv_page", owners.bio_vec_page),
+            ("page", "flags", owners.page_flags),
+            ("page", "memcg_data", owners.page_memcg_data),
+            ("mem_cgroup", "css", owners.memcg_css),
+            ("mem_cgroup", "memory", owners.memcg_memory),
+            ("page_counter", "usage", owners.page_counter_usage),
+            ("page_counter", "max", owners.page_counter_max),
+            ("page_counter", "parent", owners.page_counter_parent),
+            ("task_struct", "tgid", owners.task_tgid),
+            ("task_struct", "comm", owners.task_comm),
+            ("task_struct", "mm", owners.task_mm),
+        ] {
+            assert_eq!(resolved, bytes(ty, member), "{ty}.{member}");
+        }
+        assert_eq!(
+            owners.memory_css,
+            subsys + 8 * value("cgroup_subsys_id", "memory_cgrp_id")
+        );
+        assert_eq!(owners.page_head_mask, 1 << value("pageflags", "PG_head"));
         for (name, resolved) in [
             ("REQ_OP_READ", v1.op_read),
             ("REQ_OP_WRITE", v1.op_write),

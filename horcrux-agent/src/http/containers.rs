@@ -82,9 +82,22 @@ pub async fn metrics(State(state): State<Arc<AppState>>, Path(query): Path<Strin
         return ApiError::starting().into_response();
     };
     match resolve(&snapshot.containers, &query) {
-        Ok(container) => Json(container).into_response(),
+        Ok(container) => Json(WithOomKills {
+            oom_kills: state.oom.borrow().recent_of("container", &container.id),
+            metrics: container,
+        })
+        .into_response(),
         Err(error) => error.into_response(),
     }
+}
+
+/// A container's or VM's metrics with its recent OOM kills (eBPF OOM family),
+/// newest first.
+#[derive(serde::Serialize)]
+pub struct WithOomKills<'a, T> {
+    #[serde(flatten)]
+    pub metrics: &'a T,
+    pub oom_kills: Vec<crate::oom::OomKillRecord>,
 }
 
 /// An id, name or uuid as the API accepts them: `[A-Za-z0-9_.-]`, at most

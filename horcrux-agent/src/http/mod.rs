@@ -57,6 +57,8 @@ pub struct AppState {
     pub vms: Latest<VmSnapshot>,
     /// The eBPF programs' status as of the last read of their maps.
     pub ebpf: Latest<EbpfSnapshot>,
+    /// OOM kills so far (eBPF OOM family).
+    pub oom: tokio::sync::watch::Receiver<Arc<crate::oom::OomView>>,
     pub ws_messages: broadcast::Sender<Utf8Bytes>,
     pub ws_clients: AtomicUsize,
     pub started: Instant,
@@ -124,6 +126,7 @@ impl AppState {
             ebpf: self.ebpf.borrow().as_ref().map(|ebpf| ebpf.status.clone()),
             websocket_clients: self.ws_clients.load(std::sync::atomic::Ordering::Relaxed) as u64,
             exports: self.exports.iter().map(|status| status.view()).collect(),
+            oom: Arc::clone(&self.oom.borrow()),
         }
     }
 

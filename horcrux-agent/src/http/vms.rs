@@ -87,7 +87,11 @@ pub async fn metrics(State(state): State<Arc<AppState>>, Path(query): Path<Strin
         return ApiError::starting().into_response();
     };
     match resolve(&snapshot.vms, &query) {
-        Ok(vm) => Json(vm).into_response(),
+        Ok(vm) => Json(super::containers::WithOomKills {
+            oom_kills: state.oom.borrow().recent_of("vm", &vm.id),
+            metrics: vm,
+        })
+        .into_response(),
         Err(error) => error.into_response(),
     }
 }

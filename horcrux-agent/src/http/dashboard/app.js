@@ -258,6 +258,14 @@ function latencyHistograms(ebpf) {
     <div>${ebpf ? histogram(ebpf.blkio?.latency, 'Block I/O latency') : '<h2>Block I/O latency</h2><p class="muted">needs the eBPF block-I/O programs and a cgroup of its own</p>'}</div>`;
 }
 
+// Recent OOM kills of a container or VM (eBPF OOM family), newest first.
+function oomKills(target) {
+  const kills = target.oom_kills ?? [];
+  return `<div class="oom-kills"><h2>OOM kills</h2>${kills.length ? `<ul>${kills.map((k) => `<li>${clock(k.timestamp)}
+      <b>${escapeHtml(k.comm)}</b> (pid ${k.pid}) · ${escapeHtml(k.constraint)} · RSS ${bytes(k.rss_bytes)}</li>`).join('')}</ul>`
+    : '<p class="muted">none since the agent started</p>'}</div>`;
+}
+
 function renderContainerDetail(c) {
   $('#detail-title').textContent = `${c.name ?? c.id.slice(0, 12)} · ${c.runtime} · ${c.state}`;
   const cpu = c.cpu ?? {};
@@ -279,12 +287,16 @@ function renderContainerDetail(c) {
       ['read', `${bytes(block.read_bytes_total)} (${rate(block.read_bytes_per_second)})`],
       ['written', `${bytes(block.write_bytes_total)} (${rate(block.write_bytes_per_second)})`],
       ['ops r / w', `${block.reads_total} / ${block.writes_total}`],
-    ]) : unavailable(c, 'block_io')}</div>
+    ]) : unavailable(c, 'block_io')}${c.ebpf?.blkio?.writeback_bytes != null ? list([
+      ['page cache dirtied', bytes(c.ebpf.blkio.dirtied_bytes)],
+      ['written back for it', bytes(c.ebpf.blkio.writeback_bytes)],
+    ]) : ''}</div>
     <div><h2>Network</h2>${net ? list([
       ['rx', `${bytes(net.rx_bytes_total)} (${rate(net.rx_bytes_per_second)})`],
       ['tx', `${bytes(net.tx_bytes_total)} (${rate(net.tx_bytes_per_second)})`],
       ['interfaces', net.interfaces.map((i) => escapeHtml(i.interface)).join(', ')],
     ]) : unavailable(c, 'network')}</div>
+    ${oomKills(c)}
     ${latencyHistograms(c.ebpf)}`;
 }
 
@@ -326,6 +338,7 @@ function renderVmDetail(v) {
       ['halt poll ok / fail', `${(kvm.halt_poll_success_ns / 1e9).toFixed(2)} s / ${(kvm.halt_poll_fail_ns / 1e9).toFixed(2)} s`],
       ['interrupts injected', kvm.irq_injections],
     ]) : unavailable(v, 'kvm')}</div>
+    ${oomKills(v)}
     ${latencyHistograms(v.ebpf)}`;
 }
 
@@ -428,6 +441,7 @@ function connect() {
       case 'VmMetrics': onVmMetrics(m); break;
       case 'VmStatusChanged': onStatusChanged(m); break;
       case 'AlertTriggered': case 'AlertResolved': onAlert(m); break;
+      case 'OomKill': if (m.target && state.selected?.id === m.target.id) refreshDetail(); break;
       default: break;
     }
   };
