@@ -666,11 +666,15 @@ pub fn writeback_rq_issue(ctx: BtfTracePointContext) -> u32 {
         };
         let bytes: u32 = read(current, layout!(bio_iter_size));
         let index: u32 = read(current, layout!(bio_iter_idx));
-        let page = pointer(current, layout!(bio_io_vec)).and_then(|vectors| {
-            probe::<u64>(
-                vectors + u64::from(index) * layout!(bio_vec_size) + layout!(bio_vec_page),
-            )
-        });
+        // Read as a plain number: older verifiers refuse arithmetic with a variable
+        // index on a BTF-typed pointer.
+        let page = probe::<u64>(current + layout!(bio_io_vec))
+            .filter(|vectors| *vectors != 0)
+            .and_then(|vectors| {
+                probe::<u64>(
+                    vectors + u64::from(index) * layout!(bio_vec_size) + layout!(bio_vec_page),
+                )
+            });
         if let Some(owner) = page.and_then(page_cache_owner) {
             let key = OwnerKey {
                 cgroup_id: owner,
@@ -729,11 +733,10 @@ pub fn mark_victim(ctx: BtfTracePointContext) -> u32 {
         return 0;
     };
     let mm = pointer(victim, layout!(task_mm));
+    // A checked read: older verifiers refuse a direct load of an `atomic_long_t`.
     let counter = |offset: u64| -> u64 {
-        mm.map_or(0, |mm| {
-            let pages: i64 = read(mm, offset);
-            pages.max(0) as u64
-        })
+        mm.and_then(|mm| probe::<i64>(mm + offset))
+            .map_or(0, |pages| pages.max(0) as u64)
     };
     let comm_low: u64 = read(victim, layout!(task_comm));
     let comm_high: u64 = read(victim, layout!(task_comm) + 8);

@@ -401,7 +401,10 @@ impl KernelBtf {
             ("MM_SHMEMPAGES", &mut layout.mm_shmem_pages),
         ] {
             let index = self.enumerator(counter)?;
-            *offset = self.member("mm_struct", &format!("rss_stat[{index}].count"), 8)?;
+            // Per-CPU counters since Linux 6.2; an array of atomics before.
+            *offset = self
+                .member("mm_struct", &format!("rss_stat[{index}].count"), 8)
+                .or_else(|_| self.member("mm_struct", &format!("rss_stat.count[{index}]"), 8))?;
         }
         Ok(())
     }
