@@ -14,7 +14,7 @@ use tokio::sync::{broadcast, watch};
 use crate::{
     cgroup::inodes::nearest_ancestor,
     collector::{ContainerSnapshot, Latest, VmSnapshot},
-    ebpf::oom::{OomKillEvent, OomKills},
+    ebpf::oom::OomKills,
     messages::Message,
 };
 
@@ -178,8 +178,14 @@ pub fn spawn(
                     continue;
                 }
                 let mut next = (**view.borrow()).clone();
-                for event in events {
-                    let kill = record_of(event, &containers, &vms);
+                for mut kill in events {
+                    kill.target = kill.cgroup.as_deref().and_then(|cgroup| {
+                        attribute(
+                            cgroup,
+                            containers.borrow().as_deref(),
+                            vms.borrow().as_deref(),
+                        )
+                    });
                     tracing::warn!(
                         pid = kill.pid,
                         comm = %kill.comm,
@@ -195,31 +201,6 @@ pub fn spawn(
             }
         })
         .map(drop)
-}
-
-fn record_of(
-    event: OomKillEvent,
-    containers: &Latest<ContainerSnapshot>,
-    vms: &Latest<VmSnapshot>,
-) -> OomKillRecord {
-    let target = event.cgroup.as_deref().and_then(|cgroup| {
-        attribute(
-            cgroup,
-            containers.borrow().as_deref(),
-            vms.borrow().as_deref(),
-        )
-    });
-    OomKillRecord {
-        timestamp: event.timestamp,
-        pid: event.pid,
-        tid: event.tid,
-        comm: event.comm,
-        constraint: event.constraint,
-        rss_bytes: event.rss_bytes,
-        cgroup: event.cgroup.map(|path| format!("/{path}")),
-        limit_cgroup: event.limit_cgroup.map(|path| format!("/{path}")),
-        target,
-    }
 }
 
 #[cfg(test)]

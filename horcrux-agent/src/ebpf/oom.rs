@@ -1,5 +1,6 @@
 //! The OOM family's kills, read from the `OOM_KILLS` ring buffer as they happen,
-//! with the victim's memory cgroup named by its path.
+//! with the victim's memory cgroup named by its path (the agent attributes them:
+//! `crate::oom`).
 
 use std::{
     os::fd::AsFd,
@@ -10,25 +11,7 @@ use aya::maps::{MapData, RingBuf};
 use horcrux_common::{OOM_CONSTRAINT_MEMCG, OomKill};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
-use crate::cgroup::inodes::InodeIndex;
-
-/// One kill as the kernel reported it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct OomKillEvent {
-    /// Unix seconds.
-    pub timestamp: f64,
-    pub pid: u32,
-    pub tid: u32,
-    pub comm: String,
-    /// The victim's memory cgroup, relative to the hierarchy root (no leading `/`);
-    /// `None` when it could not be named (removed before it was looked up).
-    pub cgroup: Option<String>,
-    /// The memory cgroup whose limit was hit (`None` for a global OOM).
-    pub limit_cgroup: Option<String>,
-    /// `memcg` (a cgroup at its limit) or `global`.
-    pub constraint: &'static str,
-    pub rss_bytes: u64,
-}
+use crate::{cgroup::inodes::InodeIndex, oom::OomKillRecord};
 
 /// Kills beyond this per wait are left in the ring for the next.
 const MAX_PER_WAIT: usize = 1024;
@@ -48,8 +31,9 @@ impl OomKills {
         }
     }
 
-    /// Waits up to `timeout` for kills and returns those reported.
-    pub fn wait(&mut self, timeout: Duration) -> Vec<OomKillEvent> {
+    /// Waits up to `timeout` for kills and returns those reported, not yet
+    /// attributed (`target` is `None`).
+    pub fn wait(&mut self, timeout: Duration) -> Vec<OomKillRecord> {
         let timeout = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
         let mut fds = [PollFd::new(self.ring.as_fd(), PollFlags::POLLIN)];
         if poll(&mut fds, timeout).is_err() {
@@ -66,26 +50,25 @@ impl OomKills {
         kills.into_iter().map(|kill| self.describe(&kill)).collect()
     }
 
-    fn describe(&mut self, kill: &OomKill) -> OomKillEvent {
+    fn describe(&mut self, kill: &OomKill) -> OomKillRecord {
         let cgroup = self.name(kill.victim_cgroup_id);
-        let limit_cgroup = match kill.limit_cgroup_id {
-            0 => None,
-            id => self.name(id),
-        };
+        let limit_cgroup = self.name(kill.limit_cgroup_id);
         let comm_length = kill.comm.iter().position(|byte| *byte == 0).unwrap_or(16);
-        OomKillEvent {
+        OomKillRecord {
             timestamp: unix_seconds_of_monotonic(kill.time_ns),
             pid: kill.pid,
             tid: kill.tid,
             comm: String::from_utf8_lossy(&kill.comm[..comm_length]).into_owned(),
-            cgroup,
-            limit_cgroup,
             constraint: constraint_name(kill.constraint),
             rss_bytes: kill.rss_pages.saturating_mul(self.page_size),
+            cgroup,
+            limit_cgroup,
+            target: None,
         }
     }
 
-    /// The path of a memory cgroup; a new cgroup makes the index walk again.
+    /// The `/`-prefixed path of a memory cgroup (`None` for id 0, or a cgroup
+    /// removed before it was looked up); a new cgroup makes the index walk again.
     fn name(&mut self, id: u64) -> Option<String> {
         if id == 0 {
             return None;
@@ -93,7 +76,7 @@ impl OomKills {
         if self.index.path(id).is_none() {
             self.index.refresh();
         }
-        self.index.path(id).map(str::to_owned)
+        self.index.path(id).map(|path| format!("/{path}"))
     }
 }
 
