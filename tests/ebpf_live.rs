@@ -1043,6 +1043,9 @@ fn more_cgroups_than_the_maps_hold_are_counted_as_overflow_and_recovered_from() 
         kernel_cpu_ns(&fresh),
         5,
     );
-    let still_full = programs.status().events["sched_map_full"];
-    eprintln!("sched_map_full events: {full} while full, {still_full} in all");
+    let events = programs.status().events;
+    eprintln!(
+        "sched_map_full events: {full} while full, {} in all; switches unseen: {}",
+        events["sched_map_full"], events["switch_unseen"]
+    );
 }

@@ -241,6 +241,10 @@ pub struct CgroupPath {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelLayout {
     pub task_pid: u64,
+    /// `task_struct.se.sum_exec_runtime` and `.prev_sum_exec_runtime` (its value
+    /// when the task was last picked): the kernel's own run time of the slice.
+    pub task_runtime: u64,
+    pub task_slice_start_runtime: u64,
     pub task_cgroups: u64,
     pub css_cgroup: u64,
     pub cgroup_kn: u64,
@@ -332,7 +336,11 @@ pub const EVENT_DIRTIED_MAP_FULL: u32 = 8;
 pub const EVENT_WRITEBACK_BIOS_TRUNCATED: u32 = 9;
 /// The OOM ring buffer was full: a kill was not reported.
 pub const EVENT_OOM_RING_FULL: u32 = 10;
-pub const EVENT_SLOTS: u32 = 11;
+/// The task switched out is not the one last seen switched in on its CPU: the
+/// switch that put it there ran no program (its slice, as the kernel timed it, is
+/// charged to its own cgroup).
+pub const EVENT_SWITCH_UNSEEN: u32 = 11;
+pub const EVENT_SLOTS: u32 = 12;
 
 /// Bios of one write request the writeback program walks (merged requests rarely
 /// hold more; the rest is counted in [`EVENT_WRITEBACK_BIOS_TRUNCATED`]).

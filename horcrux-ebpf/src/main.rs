@@ -30,7 +30,7 @@ use horcrux_common::{
     BLOCK_OP_DISCARD, BLOCK_OP_FLUSH, BLOCK_OP_OTHER, BLOCK_OP_READ, BLOCK_OP_WRITE, BlockCounters,
     BlockKey, CgroupPath, EVENT_BLOCK_MAP_FULL, EVENT_COMPLETION_MISSED,
     EVENT_COMPLETION_UNMATCHED, EVENT_DIRTIED_MAP_FULL, EVENT_INFLIGHT_MAP_FULL,
-    EVENT_OOM_RING_FULL, EVENT_READ_FAILED, EVENT_SCHED_MAP_FULL, EVENT_SLOTS,
+    EVENT_OOM_RING_FULL, EVENT_READ_FAILED, EVENT_SCHED_MAP_FULL, EVENT_SLOTS, EVENT_SWITCH_UNSEEN,
     EVENT_WAKEUP_MAP_FULL, EVENT_WRITEBACK_BIOS_TRUNCATED, EVENT_WRITEBACK_MAP_FULL,
     InFlightRequest, KernelLayout, OOM_CONSTRAINT_GLOBAL, OOM_CONSTRAINT_MEMCG, OOM_MAX_DEPTH,
     OomKill, OwnerKey, REQ_OP_MASK, SchedCounters, WRITEBACK_MAX_BIOS, device_number,
@@ -40,6 +40,8 @@ use horcrux_common::{
 #[unsafe(no_mangle)]
 static LAYOUT: KernelLayout = KernelLayout {
     task_pid: 0,
+    task_runtime: 0,
+    task_slice_start_runtime: 0,
     task_cgroups: 0,
     css_cgroup: 0,
     cgroup_kn: 0,
@@ -125,9 +127,10 @@ static SCHED: PerCpuHashMap<u64, SchedCounters> =
 #[map(name = "RUNNABLE_SINCE")]
 static RUNNABLE_SINCE: HashMap<u64, u64> = HashMap::with_max_entries(32768, 0);
 
-/// What each CPU is running: the cgroup charged and since when.
+/// What each CPU is running: the task, its cgroup and since when.
 #[repr(C)]
 struct Running {
+    task: u64,
     cgroup_id: u64,
     since_ns: u64,
 }
@@ -295,7 +298,32 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
     let running = unsafe { &mut *running };
 
     // The task switched out: 0 is the idle task (or nothing seen yet on this CPU).
-    let prev_cgroup = running.cgroup_id;
+    // The kernel does not run the programs for every switch: when the one that put
+    // `prev` here went unseen, its slice is charged to its own cgroup, read now,
+    // rather than to the task that switch replaced, and for no longer than the
+    // kernel's own run time of the slice (the time since the last seen switch
+    // includes whatever ran before it).
+    let mut prev_cgroup = running.cgroup_id;
+    let mut on_cpu_ns = now.saturating_sub(running.since_ns);
+    if running.task != prev && running.task != 0 {
+        count_event(EVENT_SWITCH_UNSEEN);
+        let prev_pid: i32 = read(prev, layout!(task_pid));
+        prev_cgroup = if prev_pid == 0 {
+            0
+        } else {
+            task_cgroup_id(
+                prev,
+                layout!(cpu_cgroup.css_set_offset),
+                layout!(cpu_cgroup.through_css),
+            )
+            .unwrap_or(0)
+        };
+        let runtime: u64 = read(prev, layout!(task_runtime));
+        let slice_start: u64 = read(prev, layout!(task_slice_start_runtime));
+        if runtime >= slice_start {
+            on_cpu_ns = on_cpu_ns.min(runtime - slice_start);
+        }
+    }
     let mut prev_counters = None;
     if prev_cgroup != 0 {
         // As the scheduler decides: a task that was not preempted and whose state is
@@ -309,7 +337,7 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
             EVENT_SCHED_MAP_FULL,
         );
         if let Some(counters) = &mut prev_counters {
-            counters.oncpu_ns += now.saturating_sub(running.since_ns);
+            counters.oncpu_ns += on_cpu_ns;
             if still_runnable {
                 counters.involuntary_switches += 1;
             } else {
@@ -322,6 +350,7 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
     }
 
     // The task switched in.
+    running.task = next;
     running.since_ns = now;
     running.cgroup_id = 0;
     let pid: i32 = read(next, layout!(task_pid));

@@ -276,6 +276,9 @@ impl KernelBtf {
         )?;
         self.resolve_cgroup_common(layout)?;
         layout.task_pid = self.member("task_struct", "pid", 4)?;
+        layout.task_runtime = self.member("task_struct", "se.sum_exec_runtime", 8)?;
+        layout.task_slice_start_runtime =
+            self.member("task_struct", "se.prev_sum_exec_runtime", 8)?;
         layout.cpu_cgroup = self.cgroup_path(match cpu {
             CgroupTree::Unified => None,
             CgroupTree::V1Controller => Some("cpu_cgrp_id"),

@@ -95,6 +95,7 @@ pub const EVENT_NAMES: [&str; EVENT_SLOTS as usize] = [
     "dirtied_map_full",
     "writeback_bios_truncated",
     "oom_ring_full",
+    "switch_unseen",
 ];
 
 /// What to load and how big the per-cgroup maps are.
