@@ -22,7 +22,7 @@ use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::{bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{btf_tracepoint, map},
-    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::BtfTracePointContext,
 };
 use aya_log_ebpf::warn;
@@ -147,6 +147,12 @@ static BLOCK: PerCpuHashMap<BlockKey, BlockCounters> =
 #[map(name = "WRITEBACK")]
 static WRITEBACK: PerCpuHashMap<OwnerKey, u64> =
     PerCpuHashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
+
+/// Write requests the writeback program counted, by `struct request` address →
+/// `start_time_ns`: a requeued request is issued again with the same start time
+/// and must not be counted twice.
+#[map(name = "WRITEBACK_ISSUED")]
+static WRITEBACK_ISSUED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
 
 /// Page-cache bytes dirtied, by owning memory cgroup (device 0).
 #[map(name = "DIRTIED")]
@@ -677,6 +683,14 @@ pub fn writeback_rq_issue(ctx: BtfTracePointContext) -> u32 {
     let cmd_flags: u32 = read(request, layout!(request_cmd_flags));
     if cmd_flags & REQ_OP_MASK != layout!(op_write) {
         return 0;
+    }
+    let started_ns: u64 = read(request, layout!(request_start_time_ns));
+    if started_ns != 0 {
+        // SAFETY: the value is copied out.
+        if unsafe { WRITEBACK_ISSUED.get(&request) }.copied() == Some(started_ns) {
+            return 0;
+        }
+        let _ = WRITEBACK_ISSUED.insert(&request, &started_ns, 0);
     }
     let Some(disk) = pointer(request, layout!(request_q))
         .and_then(|queue| pointer(queue, layout!(request_queue_disk)))

@@ -293,7 +293,6 @@ impl KernelBtf {
         self.resolve_request(layout)?;
         layout.io_cgroup = self.cgroup_path(Some("io_cgrp_id"))?;
         layout.request_data_len = self.member("request", "__data_len", 4)?;
-        layout.request_start_time_ns = self.member("request", "start_time_ns", 8)?;
         layout.bio_blkg = self.member("bio", "bi_blkg", POINTER)?;
         layout.blkg_blkcg = self.member("blkcg_gq", "blkcg", POINTER)?;
         layout.blkcg_css = self.embedded("blkcg", "css")?;
@@ -310,6 +309,7 @@ impl KernelBtf {
         layout.request_q = self.member("request", "q", POINTER)?;
         layout.request_bio = self.member("request", "bio", POINTER)?;
         layout.request_cmd_flags = self.member("request", "cmd_flags", 4)?;
+        layout.request_start_time_ns = self.member("request", "start_time_ns", 8)?;
         layout.request_queue_disk = self.member("request_queue", "disk", POINTER)?;
         layout.gendisk_major = self.member("gendisk", "major", 4)?;
         layout.gendisk_first_minor = self.member("gendisk", "first_minor", 4)?;
