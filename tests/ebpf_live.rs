@@ -936,6 +936,9 @@ fn two_buffered_writers_flushed_by_one_sync_each_get_their_own() {
     buffered_writers_get_their_own_writeback(&[64, 192]);
 }
 
+/// How far a cgroup's on-CPU time may be from `cpuacct.usage` in the overflow test.
+const MAP_FULL_TOLERANCE_PERCENT: u64 = 10;
+
 #[test]
 #[ignore = "needs root: loads eBPF programs and creates cgroups"]
 fn more_cgroups_than_the_maps_hold_are_counted_as_overflow_and_recovered_from() {
@@ -986,8 +989,11 @@ fn more_cgroups_than_the_maps_hold_are_counted_as_overflow_and_recovered_from() 
         "{mapped} of {} test cgroups mapped",
         cgroups.len()
     );
-    // Those that got an entry are counted exactly while the map is full: more work
-    // in two of them, against the kernel's own counter.
+    // Those that got an entry are still counted while the map is full: more work
+    // in two of them, against the kernel's own counter. Within 10%, not 5%: on-CPU
+    // time from switches includes IRQ and steal time the kernel's excludes, and
+    // the switches the kernel runs no program for (70–98 in this test) move some
+    // time between tasks; 1 run in 9 on a clean clone went past 5%, +6.6% seen.
     let mapped: Vec<usize> = cgroups
         .iter()
         .enumerate()
@@ -1008,7 +1014,7 @@ fn more_cgroups_than_the_maps_hold_are_counted_as_overflow_and_recovered_from() 
             &format!("{path}: on-CPU time vs cpuacct.usage, map full"),
             ours,
             kernel_cpu_ns(cgroup) - before.1,
-            5,
+            MAP_FULL_TOLERANCE_PERCENT,
         );
     }
 
@@ -1041,7 +1047,7 @@ fn more_cgroups_than_the_maps_hold_are_counted_as_overflow_and_recovered_from() 
         "a new cgroup's on-CPU time vs cpuacct.usage",
         counted,
         kernel_cpu_ns(&fresh),
-        5,
+        MAP_FULL_TOLERANCE_PERCENT,
     );
     let events = programs.status().events;
     eprintln!(
