@@ -85,11 +85,7 @@ impl OomView {
     fn record(&mut self, kill: OomKillRecord) -> Arc<OomKillRecord> {
         self.total += 1;
         if let Some(target) = &kill.target {
-            let key = (
-                target.kind,
-                target.runtime,
-                target.name.clone().unwrap_or_else(|| target.id.clone()),
-            );
+            let key = target.name_key();
             if !self.by_name.contains_key(&key) && self.by_name.len() >= COUNTED_NAMES {
                 self.forget_oldest_name();
             }
@@ -103,16 +99,13 @@ impl OomView {
         kill
     }
 
-    /// Drops the count of a name with no recent kill (the oldest such).
+    /// Drops the count of a name with no kill in the recent list (the first such
+    /// in key order): names that keep being killed keep their counts.
     fn forget_oldest_name(&mut self) {
         let recent: std::collections::HashSet<NameKey> = self
             .recent
             .iter()
-            .filter_map(|kill| {
-                let target = kill.target.as_ref()?;
-                let name = target.name.clone().unwrap_or_else(|| target.id.clone());
-                Some((target.kind, target.runtime, name))
-            })
+            .filter_map(|kill| kill.target.as_ref().map(OomTarget::name_key))
             .collect();
         if let Some(stale) = self
             .by_name
@@ -122,6 +115,17 @@ impl OomView {
         {
             self.by_name.remove(&stale);
         }
+    }
+}
+
+impl OomTarget {
+    /// What kills are counted by: the name, or the id of an unnamed target.
+    fn name_key(&self) -> NameKey {
+        (
+            self.kind,
+            self.runtime,
+            self.name.clone().unwrap_or_else(|| self.id.clone()),
+        )
     }
 }
 

@@ -166,6 +166,13 @@ pub static FAMILIES: &[F] = &[
         },
     )
     .labels(&["name", "runtime", "kind"]),
+    F::counter(
+        "oom_kills_total",
+        Unit::Count,
+        "Every OOM kill the eBPF OOM family saw since the agent started, attributed \
+         to a container or VM or not.",
+        |a, out| out.one(Some(a.oom.total)),
+    ),
     F::gauge(
         "agent_websocket_clients",
         Unit::Count,
