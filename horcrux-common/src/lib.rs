@@ -241,8 +241,8 @@ pub struct CgroupPath {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelLayout {
     pub task_pid: u64,
-    /// `task_struct.se.sum_exec_runtime` and `.prev_sum_exec_runtime` (its value
-    /// when the task was last picked): the kernel's own run time of the slice.
+    /// `task_struct.se.sum_exec_runtime` (the task's run time as the kernel counts
+    /// it) and `.prev_sum_exec_runtime` (its value when the task was last picked).
     pub task_runtime: u64,
     pub task_slice_start_runtime: u64,
     pub task_cgroups: u64,

@@ -127,12 +127,14 @@ static SCHED: PerCpuHashMap<u64, SchedCounters> =
 #[map(name = "RUNNABLE_SINCE")]
 static RUNNABLE_SINCE: HashMap<u64, u64> = HashMap::with_max_entries(32768, 0);
 
-/// What each CPU is running: the task, its cgroup and since when.
+/// What each CPU is running: the task, its cgroup, since when, and the task's
+/// `sum_exec_runtime` then.
 #[repr(C)]
 struct Running {
     task: u64,
     cgroup_id: u64,
     since_ns: u64,
+    runtime_ns: u64,
 }
 
 #[map(name = "RUNNING")]
@@ -304,14 +306,18 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
     let running = unsafe { &mut *running };
 
     // The task switched out: 0 is the idle task (or nothing seen yet on this CPU).
-    // The kernel does not run the programs for every switch: when the one that put
-    // `prev` here went unseen, its slice is charged to its own cgroup, read now,
-    // rather than to the task that switch replaced, and for no longer than the
-    // kernel's own run time of the slice (the time since the last seen switch
-    // includes whatever ran before it).
+    // On-CPU time is the kernel's own run time of the slice (`sum_exec_runtime`, what
+    // `schedstat` and the cgroup's CPU usage count), not wall time since the switch-in,
+    // which also holds steal time on a VM and the interrupts served meanwhile. The
+    // scheduler has brought `prev`'s run time up to date before this tracepoint.
     let mut prev_cgroup = running.cgroup_id;
-    let mut on_cpu_ns = now.saturating_sub(running.since_ns);
+    let wall_ns = now.saturating_sub(running.since_ns);
+    let mut slice_start = running.runtime_ns;
     if running.task != prev && running.task != 0 {
+        // The kernel does not run the programs for every switch: when the one that
+        // put `prev` here went unseen, its slice is charged to its own cgroup, read
+        // now, rather than to the task that switch replaced, and starts where the
+        // scheduler last picked it.
         count_event(EVENT_SWITCH_UNSEEN);
         let prev_pid: i32 = read(prev, layout!(task_pid));
         prev_cgroup = if prev_pid == 0 {
@@ -324,12 +330,13 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
             )
             .unwrap_or(0)
         };
-        let runtime: u64 = read(prev, layout!(task_runtime));
-        let slice_start: u64 = read(prev, layout!(task_slice_start_runtime));
-        if runtime >= slice_start {
-            on_cpu_ns = on_cpu_ns.min(runtime - slice_start);
-        }
+        slice_start = read(prev, layout!(task_slice_start_runtime));
     }
+    let runtime: u64 = read(prev, layout!(task_runtime));
+    // Never more than the wall time since the last seen switch: that bounds a slice
+    // whose start is stale (a real-time task's `prev_sum_exec_runtime` is not reset
+    // when it is picked).
+    let on_cpu_ns = runtime.saturating_sub(slice_start).min(wall_ns);
     let mut prev_counters = None;
     if prev_cgroup != 0 {
         // As the scheduler decides: a task that was not preempted and whose state is
@@ -359,6 +366,7 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
     running.task = next;
     running.since_ns = now;
     running.cgroup_id = 0;
+    running.runtime_ns = read(next, layout!(task_runtime));
     let pid: i32 = read(next, layout!(task_pid));
     if pid == 0 {
         return 0;

@@ -29,7 +29,7 @@ pub static FAMILIES: &[F] = &[
     F::counter(
         "sched_oncpu_seconds_total",
         Unit::Seconds,
-        "Time the cgroup's tasks ran, counted at each switch-out (eBPF).",
+        "Time the cgroup's tasks ran as the kernel counts it (no steal or interrupt time), added at each switch-out (eBPF).",
         |e, out| out.one(e.sched.as_ref().map(|sched| sched.oncpu_ns as f64 / 1e9)),
     ),
     F::histogram(
