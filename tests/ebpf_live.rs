@@ -15,7 +15,7 @@ use horcrux_agent::{
     cgroup::Hierarchies,
     ebpf::{
         EbpfOptions, EbpfPrograms, ProgramState,
-        counters::{DeviceOpCounters, EbpfCounters, RECLAIM_EVERY_CYCLES},
+        counters::{DeviceOpCounters, EbpfCounters, OwnerCounters, RECLAIM_EVERY_CYCLES},
     },
 };
 use horcrux_common::{
@@ -700,35 +700,73 @@ fn request_classes_match_the_disks_own_counters() {
 fn a_removed_cgroup_is_reclaimed_and_the_node_totals_keep_its_counts() {
     let _serial = serial();
     let mut programs = load(&hierarchies());
+    let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).expect("temp dir on a real disk");
     let mut cgroup = TestCgroup::new();
     let path = cgroup.relative_path();
     run_to_completion(
         &mut cgroup,
-        "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done",
+        &format!(
+            "dd if=/dev/zero of={} bs=1M count=8 conv=fsync status=none; \
+             i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done",
+            dir.path().join("owned.bin").display()
+        ),
     );
-    let before = read(&mut programs)
-        .sched
-        .expect("scheduler family attached");
+    let counters = read(&mut programs);
+    let before = counters.sched.expect("scheduler family attached");
     let own = before
         .by_cgroup
         .get(&path)
         .copied()
         .expect("the cgroup's counters");
     assert!(own.oncpu_ns > 0, "{own:?}");
+    let owned_before = counters.writeback.expect("writeback family attached");
+    let owned = owned_before
+        .by_cgroup
+        .get(&path)
+        .cloned()
+        .expect("the cgroup's page-cache counters");
+    assert!(
+        owned.dirtied_bytes >= 8 * MIB && owned.writeback_bytes.values().sum::<u64>() >= 8 * MIB,
+        "{owned:?}"
+    );
 
     drop(cgroup);
-    // Removed cgroups are noticed within RECLAIM_EVERY_CYCLES reads.
+    // Removed cgroups are noticed within RECLAIM_EVERY_CYCLES reads, in every
+    // hierarchy (the writeback and dirtied maps share one index of theirs).
     let mut after = None;
     for _ in 0..=RECLAIM_EVERY_CYCLES {
-        let sched = read(&mut programs)
-            .sched
-            .expect("scheduler family attached");
-        if !sched.by_cgroup.contains_key(&path) {
-            after = Some(sched);
+        let counters = read(&mut programs);
+        let sched = counters.sched.expect("scheduler family attached");
+        let writeback = counters.writeback.expect("writeback family attached");
+        if !sched.by_cgroup.contains_key(&path) && !writeback.by_cgroup.contains_key(&path) {
+            after = Some((sched, writeback));
             break;
         }
     }
-    let after = after.expect("the removed cgroup's entry reclaimed");
+    let (after, owned_after) = after.expect("the removed cgroup's entries reclaimed");
+    // Page-cache bytes it owned moved to the retired total too.
+    let listed =
+        owned_after
+            .by_cgroup
+            .values()
+            .fold(OwnerCounters::default(), |mut sum, counters| {
+                sum.add(counters);
+                sum
+            });
+    assert!(
+        owned_after.total.dirtied_bytes - listed.dirtied_bytes >= owned.dirtied_bytes,
+        "the retired share holds the removed cgroup's dirtied bytes"
+    );
+    for (device, bytes) in &owned.writeback_bytes {
+        let retired = owned_after
+            .total
+            .writeback_bytes
+            .get(device)
+            .copied()
+            .unwrap_or(0)
+            - listed.writeback_bytes.get(device).copied().unwrap_or(0);
+        assert!(retired >= *bytes, "retired written back to {device}");
+    }
     // Its counts moved to the retired total: the node totals never go backwards.
     assert!(after.total.oncpu_ns >= before.total.oncpu_ns);
     assert!(after.total.runq_latency.count() >= before.total.runq_latency.count());

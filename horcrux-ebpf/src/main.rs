@@ -587,6 +587,17 @@ fn memcg_kernfs_id(memcg: u64) -> Option<u64> {
     (id != 0).then_some(id)
 }
 
+/// The `struct mem_cgroup *` a folio's `memcg_data` holds; `None` for kernel memory
+/// (it holds an `obj_cgroup` then) and for folios charged to no memcg.
+#[inline(always)]
+fn charged_memcg(memcg_data: u64) -> Option<u64> {
+    if memcg_data & layout!(memcg_data_kmem) != 0 {
+        return None;
+    }
+    let memcg = memcg_data & !layout!(memcg_data_flags);
+    (memcg != 0).then_some(memcg)
+}
+
 /// The memory cgroup owning a page-cache page: the kernfs id of its folio's memcg.
 /// `None` for anything but page cache: anonymous memory (a direct write's user
 /// buffer), kernel memory, pages without a mapping; and for pages charged to no
@@ -605,11 +616,7 @@ fn page_cache_owner(page: u64) -> Option<u64> {
     if mapping == 0 || mapping & 3 != 0 {
         return None;
     }
-    let memcg_data: u64 = probe(head + layout!(page_memcg_data))?;
-    if memcg_data & layout!(memcg_data_kmem) != 0 {
-        return None;
-    }
-    memcg_kernfs_id(memcg_data & !layout!(memcg_data_flags))
+    memcg_kernfs_id(charged_memcg(probe(head + layout!(page_memcg_data))?)?)
 }
 
 #[inline(always)]
@@ -653,14 +660,9 @@ pub fn writeback_dirty_folio(ctx: BtfTracePointContext) -> u32 {
     } else {
         1
     };
-    let memcg_data: u64 = read(folio, layout!(page_memcg_data));
-    if memcg_data & layout!(memcg_data_kmem) != 0 {
+    let Some(memcg) = charged_memcg(read(folio, layout!(page_memcg_data))) else {
         return 0;
-    }
-    let memcg = memcg_data & !layout!(memcg_data_flags);
-    if memcg == 0 {
-        return 0;
-    }
+    };
     let Some(owner) = memcg_kernfs_id(memcg) else {
         count_event(EVENT_READ_FAILED);
         return 0;

@@ -124,7 +124,7 @@ pub fn run(kernels: &[Kernel]) -> Result {
     let mut failures = Vec::new();
     for (kernel, files) in &fetched {
         let started = Instant::now();
-        let outcome = boot(files, &image, &share);
+        let outcome = boot_again_after_an_early_panic(files, &image, &share);
         let seconds = started.elapsed().as_secs();
         match outcome {
             Ok(report) => {
@@ -546,12 +546,44 @@ impl Drop for Qemu {
     }
 }
 
-/// Boots the guest with `kernel` and returns what the suite reported.
-fn boot(kernel: &KernelFiles, image: &Path, share: &Path) -> Result<String> {
+/// Where a boot of `kernel` leaves the suite's results and the console log.
+fn run_files(kernel: &KernelFiles) -> Result<(PathBuf, PathBuf)> {
     let run_dir = workspace_root().join("target/guest-run");
     create_dir(&run_dir)?;
-    let results = run_dir.join(format!("results-{}.txt", kernel.version));
-    let console = run_dir.join(format!("console-{}.log", kernel.version));
+    Ok((
+        run_dir.join(format!("results-{}.txt", kernel.version)),
+        run_dir.join(format!("console-{}.log", kernel.version)),
+    ))
+}
+
+/// [`boot`], and once more when the guest kernel panicked before the suite reported
+/// anything, so before any of ours ran: under TCG, Debian's 6.12 once died at boot
+/// patching its own code (`Oops: int3` in `sched_clock_cpu`, just after
+/// `sched_clock: Marking stable`). A panic once the suite has started still fails.
+fn boot_again_after_an_early_panic(
+    kernel: &KernelFiles,
+    image: &Path,
+    share: &Path,
+) -> Result<String> {
+    let report = boot(kernel, image, share)?;
+    let (_, console) = run_files(kernel)?;
+    let panicked =
+        std::fs::read_to_string(&console).is_ok_and(|text| text.contains("Kernel panic"));
+    if !report.trim().is_empty() || !panicked {
+        return Ok(report);
+    }
+    let kept = console.with_extension("panic.log");
+    rename(&console, &kept)?;
+    eprintln!(
+        "xtask: the guest kernel panicked before the suite started (console: {}); booting again",
+        kept.display()
+    );
+    boot(kernel, image, share)
+}
+
+/// Boots the guest with `kernel` and returns what the suite reported.
+fn boot(kernel: &KernelFiles, image: &Path, share: &Path) -> Result<String> {
+    let (results, console) = run_files(kernel)?;
     let _ = std::fs::remove_file(&results);
     let accel = if kvm_boots(kernel, image) {
         "kvm"

@@ -67,23 +67,51 @@ pub(super) fn monotonic_ns() -> u64 {
     })
 }
 
-/// One per-cgroup map and the hierarchy its cgroup ids belong to.
-pub struct CgroupMap<K: aya::Pod, V: aya::Pod> {
-    map: PerCpuHashMap<MapData, K, V>,
+/// The paths of one hierarchy's cgroups by id, shared by the maps keyed by them.
+pub struct CgroupIds {
     index: InodeIndex,
     reads_since_walk: u32,
+}
+
+impl CgroupIds {
+    pub fn new(index: InodeIndex) -> Self {
+        Self {
+            index,
+            reads_since_walk: RECLAIM_EVERY_CYCLES,
+        }
+    }
+
+    fn path(&self, cgroup_id: u64) -> Option<&str> {
+        self.index.path(cgroup_id)
+    }
+
+    /// One read of the maps keyed by this hierarchy, holding `cgroup_ids`: an id
+    /// the index does not know is new (or removed), so walk now; otherwise walk now
+    /// and then to notice removed cgroups.
+    fn update(&mut self, mut cgroup_ids: impl Iterator<Item = u64>) {
+        self.reads_since_walk += 1;
+        if self.reads_since_walk > RECLAIM_EVERY_CYCLES
+            || cgroup_ids.any(|id| self.index.path(id).is_none())
+        {
+            self.index.refresh();
+            self.reads_since_walk = 0;
+        }
+    }
+}
+
+/// One per-cgroup map.
+pub struct CgroupMap<K: aya::Pod, V: aya::Pod> {
+    map: PerCpuHashMap<MapData, K, V>,
     max_entries: u32,
     /// Entries at the last read.
     entries: usize,
 }
 
 impl<K: aya::Pod, V: aya::Pod> CgroupMap<K, V> {
-    pub fn new(map: PerCpuHashMap<MapData, K, V>, index: InodeIndex) -> Self {
+    pub fn new(map: PerCpuHashMap<MapData, K, V>) -> Self {
         let max_entries = map.map().info().map_or(0, |info| info.max_entries());
         Self {
             map,
-            index,
-            reads_since_walk: RECLAIM_EVERY_CYCLES,
             max_entries,
             entries: 0,
         }
@@ -97,38 +125,29 @@ impl<K: aya::Pod, V: aya::Pod> CgroupMap<K, V> {
         }
     }
 
-    fn path(&self, cgroup_id: u64) -> Option<&str> {
-        self.index.path(cgroup_id)
-    }
-
-    /// Every entry, per-CPU values summed, with the path of its cgroup; `None` once
-    /// the cgroup is removed, and then the entry is deleted from the map (the caller
-    /// keeps its counts).
-    fn read(
-        &mut self,
-        cgroup_of: impl Fn(&K) -> u64,
-        sum: impl Fn(&PerCpuValues<V>) -> V,
-    ) -> Result<Vec<(Option<String>, K, V)>, String> {
+    /// Every entry, per-CPU values summed.
+    fn entries(&mut self, sum: impl Fn(&PerCpuValues<V>) -> V) -> Result<Vec<(K, V)>, String> {
         let mut entries = Vec::new();
         for entry in self.map.iter() {
             let (key, values) = entry.map_err(|error| super::chain(&error))?;
             entries.push((key, sum(&values)));
         }
         self.entries = entries.len();
-        // A cgroup id the index does not know is new (or removed): walk now;
-        // otherwise walk now and then to notice removed cgroups.
-        self.reads_since_walk += 1;
-        if self.reads_since_walk > RECLAIM_EVERY_CYCLES
-            || entries
-                .iter()
-                .any(|(key, _)| self.index.path(cgroup_of(key)).is_none())
-        {
-            self.index.refresh();
-            self.reads_since_walk = 0;
-        }
+        Ok(entries)
+    }
+
+    /// Each entry with the path of its cgroup, from `ids` updated for them; `None`
+    /// once the cgroup is removed, and then the entry is deleted from the map (the
+    /// caller keeps its counts).
+    fn name(
+        &mut self,
+        entries: Vec<(K, V)>,
+        ids: &CgroupIds,
+        cgroup_of: impl Fn(&K) -> u64,
+    ) -> Vec<(Option<String>, K, V)> {
         let mut named = Vec::with_capacity(entries.len());
         for (key, value) in entries {
-            let path = self.index.path(cgroup_of(&key)).map(str::to_owned);
+            let path = ids.path(cgroup_of(&key)).map(str::to_owned);
             if path.is_none() {
                 // Counts that land between the read and the removal are lost; the
                 // cgroup is gone, so they are few.
@@ -136,7 +155,19 @@ impl<K: aya::Pod, V: aya::Pod> CgroupMap<K, V> {
             }
             named.push((path, key, value));
         }
-        Ok(named)
+        named
+    }
+
+    /// [`Self::entries`] named, for a map that is alone in its hierarchy.
+    fn read(
+        &mut self,
+        ids: &mut CgroupIds,
+        cgroup_of: impl Fn(&K) -> u64,
+        sum: impl Fn(&PerCpuValues<V>) -> V,
+    ) -> Result<Vec<(Option<String>, K, V)>, String> {
+        let entries = self.entries(sum)?;
+        ids.update(entries.iter().map(|(key, _)| cgroup_of(key)));
+        Ok(self.name(entries, ids, cgroup_of))
     }
 }
 
@@ -159,12 +190,13 @@ fn sum_block(values: &PerCpuValues<BlockCounters>) -> BlockCounters {
 /// The scheduler map and the counts of cgroups removed since attach.
 pub struct SchedSource {
     pub map: CgroupMap<u64, SchedCounters>,
+    pub ids: CgroupIds,
     pub retired: SchedCounters,
 }
 
 impl SchedSource {
     pub fn read(&mut self) -> Result<FamilyCounters<SchedCounters>, String> {
-        let entries = self.map.read(|id| *id, sum_sched)?;
+        let entries = self.map.read(&mut self.ids, |id| *id, sum_sched)?;
         let mut family = FamilyCounters {
             by_cgroup: HashMap::with_capacity(entries.len()),
             total: self.retired,
@@ -196,6 +228,7 @@ impl SchedSource {
 /// went unobserved.
 pub struct BlockSource {
     pub map: CgroupMap<BlockKey, BlockCounters>,
+    pub ids: CgroupIds,
     pub in_flight: BpfHashMap<MapData, u64, InFlightRequest>,
     pub retired: BTreeMap<(u32, u32), BlockCounters>,
     /// In-flight entries seen at the last read: request address → issue time.
@@ -212,10 +245,12 @@ const MISSED_AFTER_NS: u64 = 2_000_000_000;
 impl BlockSource {
     pub fn new(
         map: CgroupMap<BlockKey, BlockCounters>,
+        ids: CgroupIds,
         in_flight: BpfHashMap<MapData, u64, InFlightRequest>,
     ) -> Self {
         Self {
             map,
+            ids,
             in_flight,
             retired: BTreeMap::new(),
             suspects: HashMap::new(),
@@ -230,7 +265,9 @@ impl BlockSource {
         &mut self,
         idle: &IdleDevices,
     ) -> Result<FamilyCounters<Vec<DeviceOpCounters>>, String> {
-        let mut entries = self.map.read(|key| key.cgroup_id, sum_block)?;
+        let mut entries = self
+            .map
+            .read(&mut self.ids, |key| key.cgroup_id, sum_block)?;
         let mut pending: HashMap<BlockKey, u64> = HashMap::new();
         let mut unobserved = Vec::new();
         let mut suspects = HashMap::new();
@@ -274,7 +311,7 @@ impl BlockSource {
         }
         // What this reader counted joins the kernel's counts (and retires with them).
         self.missed.retain(|key, counters| {
-            let path = self.map.path(key.cgroup_id).map(str::to_owned);
+            let path = self.ids.path(key.cgroup_id).map(str::to_owned);
             entries.push((path.clone(), *key, *counters));
             path.is_some()
         });
@@ -310,7 +347,7 @@ impl BlockSource {
         }
         // Requests of a cgroup with nothing completed yet.
         for (key, in_flight) in pending {
-            let path = self.map.path(key.cgroup_id).map(str::to_owned);
+            let path = self.ids.path(key.cgroup_id).map(str::to_owned);
             add(path, key, BlockCounters::ZERO, in_flight);
         }
         let total = total
@@ -344,26 +381,37 @@ impl OwnerCounters {
     }
 }
 
-/// The writeback and dirtied maps (keyed by memory cgroup) and the counts of
-/// cgroups removed since attach.
+/// The writeback and dirtied maps (keyed by memory cgroup, one index of the
+/// hierarchy for both) and the counts of cgroups removed since attach.
 pub struct WritebackSource {
     pub written: CgroupMap<OwnerKey, u64>,
     pub dirtied: CgroupMap<OwnerKey, u64>,
+    ids: CgroupIds,
     retired: OwnerCounters,
 }
 
 impl WritebackSource {
-    pub fn new(written: CgroupMap<OwnerKey, u64>, dirtied: CgroupMap<OwnerKey, u64>) -> Self {
+    pub fn new(
+        written: CgroupMap<OwnerKey, u64>,
+        dirtied: CgroupMap<OwnerKey, u64>,
+        ids: CgroupIds,
+    ) -> Self {
         Self {
             written,
             dirtied,
+            ids,
             retired: OwnerCounters::default(),
         }
     }
 
     pub fn read(&mut self) -> Result<FamilyCounters<OwnerCounters>, String> {
-        let written = self.written.read(|key| key.cgroup_id, sum_bytes)?;
-        let dirtied = self.dirtied.read(|key| key.cgroup_id, sum_bytes)?;
+        let owner = |key: &OwnerKey| key.cgroup_id;
+        let written = self.written.entries(sum_bytes)?;
+        let dirtied = self.dirtied.entries(sum_bytes)?;
+        self.ids
+            .update(written.iter().chain(&dirtied).map(|(key, _)| owner(key)));
+        let written = self.written.name(written, &self.ids, owner);
+        let dirtied = self.dirtied.name(dirtied, &self.ids, owner);
         let mut family = FamilyCounters {
             by_cgroup: HashMap::with_capacity(written.len().max(dirtied.len())),
             total: self.retired.clone(),

@@ -33,7 +33,7 @@ use crate::{
     cgroup::{Hierarchies, Hierarchy, inodes::InodeIndex},
     error::chain,
 };
-use counters::{BlockSource, CgroupMap, EbpfCounters, SchedSource, WritebackSource};
+use counters::{BlockSource, CgroupIds, CgroupMap, EbpfCounters, SchedSource, WritebackSource};
 use layout::{CgroupTree, KernelBtf, VMLINUX_BTF};
 
 /// The object built by `build.rs`; empty when the eBPF toolchain was missing.
@@ -365,7 +365,8 @@ impl EbpfPrograms {
         if let (true, Some(root)) = (sched_attached, &sched_root) {
             let map = take_per_cpu_hash(&mut ebpf, "SCHED")?;
             self.sched = Some(SchedSource {
-                map: CgroupMap::new(map, InodeIndex::new(root)),
+                map: CgroupMap::new(map),
+                ids: CgroupIds::new(InodeIndex::new(root)),
                 retired: horcrux_common::SchedCounters::ZERO,
             });
             self.status.sched_cgroups = Some(root.clone());
@@ -374,7 +375,8 @@ impl EbpfPrograms {
             let map = take_per_cpu_hash(&mut ebpf, "BLOCK")?;
             let in_flight = ebpf.take_map("IN_FLIGHT").ok_or("map IN_FLIGHT missing")?;
             self.block = Some(BlockSource::new(
-                CgroupMap::new(map, InodeIndex::new(root)),
+                CgroupMap::new(map),
+                CgroupIds::new(InodeIndex::new(root)),
                 aya::maps::HashMap::try_from(in_flight)
                     .map_err(|error| format!("map IN_FLIGHT: {}", chain(&error)))?,
             ));
@@ -382,14 +384,9 @@ impl EbpfPrograms {
         }
         if let (true, Some(root)) = (writeback_attached, &memory_root) {
             self.writeback = Some(WritebackSource::new(
-                CgroupMap::new(
-                    take_per_cpu_hash(&mut ebpf, "WRITEBACK")?,
-                    InodeIndex::new(root),
-                ),
-                CgroupMap::new(
-                    take_per_cpu_hash(&mut ebpf, "DIRTIED")?,
-                    InodeIndex::new(root),
-                ),
+                CgroupMap::new(take_per_cpu_hash(&mut ebpf, "WRITEBACK")?),
+                CgroupMap::new(take_per_cpu_hash(&mut ebpf, "DIRTIED")?),
+                CgroupIds::new(InodeIndex::new(root)),
             ));
         }
         if let (true, Some(root)) = (oom_attached, &memory_root) {
