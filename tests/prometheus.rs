@@ -1,7 +1,7 @@
 //! `GET /metrics` end-to-end: `promtool check metrics` accepts the live output (and,
 //! as root, with a container present, so container families have samples), and a
 //! real Prometheus on loopback scrapes the agent and answers PromQL queries with the
-//! kernel's numbers.
+//! kernel's numbers and every query of the Grafana dashboard.
 
 mod common;
 
@@ -103,7 +103,8 @@ impl Drop for Prometheus {
     }
 }
 
-async fn query(port: u16, promql: &str) -> Vec<Value> {
+/// Prometheus' whole answer to an instant query (`Null` while it is not up).
+async fn evaluate(port: u16, promql: &str) -> Value {
     let url = format!("http://127.0.0.1:{port}/api/v1/query");
     let Ok(response) = reqwest::Client::new()
         .get(url)
@@ -111,13 +112,40 @@ async fn query(port: u16, promql: &str) -> Vec<Value> {
         .send()
         .await
     else {
-        return Vec::new();
+        return Value::Null;
     };
-    let body: Value = response.json().await.unwrap_or_default();
-    body["data"]["result"]
+    response.json().await.unwrap_or_default()
+}
+
+async fn query(port: u16, promql: &str) -> Vec<Value> {
+    evaluate(port, promql).await["data"]["result"]
         .as_array()
         .cloned()
         .unwrap_or_default()
+}
+
+/// Every query of the shipped Grafana dashboard, its variables set as Grafana
+/// would for this agent and all containers and VMs.
+fn grafana_queries(instance: &str) -> Vec<String> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../grafana/horcrux-dashboard.json"
+    );
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("grafana dashboard"))
+            .expect("dashboard JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    panels
+        .iter()
+        .flat_map(|panel| panel["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|target| target["expr"].as_str().map(str::to_owned))
+        .map(|expr| {
+            expr.replace("$instance", instance)
+                .replace("$container", ".*")
+                .replace("$vm", ".*")
+                .replace("$__rate_interval", "4s")
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -189,4 +217,25 @@ async fn a_real_prometheus_scrapes_the_agent() {
         cpus.first().map(|sample| sample["value"][1].clone()),
         Some(Value::from(expected))
     );
+    let queries = grafana_queries(&agent.addr.to_string());
+    assert!(queries.len() > 20, "{} dashboard queries", queries.len());
+    // The node panels have data once a rate has two samples in its window.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for promql in queries {
+        let node_only = !promql.contains("horcrux_container_")
+            && !promql.contains("horcrux_vm_")
+            && !promql.contains("horcrux_oom_");
+        loop {
+            let answer = evaluate(port, &promql).await;
+            assert_eq!(answer["status"], "success", "{promql}: {answer}");
+            let has_data = answer["data"]["result"]
+                .as_array()
+                .is_some_and(|result| !result.is_empty());
+            if has_data || !node_only {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no data for {promql}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
 }

@@ -376,7 +376,8 @@ async fn docker_container_is_discovered_with_limits_and_matches_docker_stats() {
 /// (after the agent lists it): the OOM killer kills `dd`. The agent must say so on
 /// the WebSocket within 2 s, naming the container, and count it under the
 /// container's name; recreated under the same name and killed again, the count
-/// for that name reads 2 (the cgroup's own counter starts again at 1).
+/// for that name reads 2 (the cgroup's own counter starts again at 1). A container
+/// killed as it starts is attributed too.
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs root: runs a private dockerd and OOM-kills a process in it"]
 async fn oom_kills_are_attributed_and_counted_by_name_across_recreation() {
@@ -469,6 +470,35 @@ async fn oom_kills_are_attributed_and_counted_by_name_across_recreation() {
         assert_eq!(count, round.to_string(), "kills counted for {name}");
         dockerd.run(&["rm", "-f", name]);
     }
+
+    // Killed as it starts, before a snapshot is likely to list it: still the
+    // container's kill, known from its cgroup path (by id; by name if listed).
+    let at_start = "hx-oom-at-start";
+    let id = dockerd.run(&[
+        "run",
+        "-d",
+        "--name",
+        at_start,
+        "--network",
+        "none",
+        "--memory",
+        "64m",
+        "--memory-swap",
+        "64m",
+        "localhost/hx-busybox:test",
+        "sh",
+        "-c",
+        "dd if=/dev/zero of=/dev/null bs=128M count=1; exec sleep 1000",
+    ]);
+    let kill = common::wait_for_message(&mut socket, |message| {
+        message["type"] == "OomKill" && message["target"]["id"] == id.as_str()
+    })
+    .await;
+    eprintln!("killed at start: {}", kill["target"]);
+    assert_eq!(kill["comm"], "dd", "{kill}");
+    assert_eq!(kill["target"]["runtime"], "docker", "{kill}");
+    assert_eq!(kill["target"]["kind"], "container", "{kill}");
+    dockerd.run(&["rm", "-f", at_start]);
 }
 
 /// Podman without a daemon, with its own storage; runc and the cgroupfs manager

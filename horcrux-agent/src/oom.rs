@@ -12,7 +12,7 @@ use serde::Serialize;
 use tokio::sync::{broadcast, watch};
 
 use crate::{
-    cgroup::inodes::nearest_ancestor,
+    cgroup::{discovery, inodes::nearest_ancestor},
     collector::{ContainerSnapshot, Latest, VmSnapshot},
     ebpf::oom::OomKills,
     messages::Message,
@@ -160,9 +160,32 @@ fn attribute(
             );
         }
     }
-    nearest_ancestor(&targets, cgroup.trim_start_matches('/'))
-        .filter(|_| !cgroup.trim_start_matches('/').is_empty())
+    let cgroup = cgroup.trim_start_matches('/');
+    if cgroup.is_empty() {
+        return None;
+    }
+    nearest_ancestor(&targets, cgroup)
         .cloned()
+        .or_else(|| recognise(cgroup))
+}
+
+/// A container no snapshot has shown yet (one killed as it started, within a
+/// discovery interval), recognised from its cgroup path as discovery would: known
+/// by id and runtime, not by name. Not in a user's delegated subtree, where a path
+/// alone proves nothing (discovery waits for the user's runtime process there).
+fn recognise(cgroup: &str) -> Option<OomTarget> {
+    let mut path = cgroup;
+    loop {
+        if let Some(container) = discovery::classify(path) {
+            return container.owner_uid.is_none().then(|| OomTarget {
+                kind: "container",
+                id: container.id,
+                name: None,
+                runtime: container.runtime.name(),
+            });
+        }
+        path = path.rsplit_once('/')?.0;
+    }
 }
 
 /// Reads kills until the agent exits, publishing the view after each batch.
@@ -240,6 +263,24 @@ mod tests {
         assert_eq!(view.total, 3);
         assert_eq!(view.recent_of("container", "b2").len(), 1);
         assert_eq!(view.recent_of("vm", "b2").len(), 0);
+    }
+
+    #[test]
+    fn a_container_not_yet_in_a_snapshot_is_known_by_its_cgroup() {
+        let id = "ab".repeat(32);
+        let target = attribute(&format!("/system.slice/docker-{id}.scope/init"), None, None)
+            .expect("recognised");
+        assert_eq!(
+            (target.kind, target.id.as_str(), target.name, target.runtime),
+            ("container", id.as_str(), None, "docker")
+        );
+        assert!(attribute(&format!("/docker/{id}"), None, None).is_some());
+        // Not a container's cgroup, or one a user could have made.
+        assert!(attribute("/system.slice/cron.service", None, None).is_none());
+        assert!(attribute("/", None, None).is_none());
+        let delegated =
+            format!("/user.slice/user-1000.slice/user@1000.service/app.slice/docker-{id}.scope");
+        assert!(attribute(&delegated, None, None).is_none());
     }
 
     #[test]
