@@ -395,9 +395,9 @@ async fn oom_kills_are_attributed_and_counted_by_name_across_recreation() {
     let (mut socket, _) = tokio_tungstenite::connect_async(agent.ws_url())
         .await
         .expect("WebSocket");
-    let name = "hx-oom-victim";
-    for round in 1..=2u64 {
-        let id = dockerd.run(&[
+    // `dd` allocates a 128 MiB buffer in a container limited to 64 MiB.
+    let start_limited = |name: &str, before_dd: &str| {
+        dockerd.run(&[
             "run",
             "-d",
             "--name",
@@ -411,9 +411,12 @@ async fn oom_kills_are_attributed_and_counted_by_name_across_recreation() {
             "localhost/hx-busybox:test",
             "sh",
             "-c",
-            "while [ ! -e /go ]; do sleep 1; done; \
-             dd if=/dev/zero of=/dev/null bs=128M count=1; exec sleep 1000",
-        ]);
+            &format!("{before_dd} dd if=/dev/zero of=/dev/null bs=128M count=1; exec sleep 1000"),
+        ])
+    };
+    let name = "hx-oom-victim";
+    for round in 1..=2u64 {
+        let id = start_limited(name, "while [ ! -e /go ]; do sleep 1; done;");
         wait_until(&agent, &id, "the container", |m| m["state"] == "running").await;
         dockerd.run(&["exec", name, "sh", "-c", ": > /go"]);
         let kill = common::wait_for_message(&mut socket, |message| {
@@ -474,22 +477,7 @@ async fn oom_kills_are_attributed_and_counted_by_name_across_recreation() {
     // Killed as it starts, before a snapshot is likely to list it: still the
     // container's kill, known from its cgroup path (by id; by name if listed).
     let at_start = "hx-oom-at-start";
-    let id = dockerd.run(&[
-        "run",
-        "-d",
-        "--name",
-        at_start,
-        "--network",
-        "none",
-        "--memory",
-        "64m",
-        "--memory-swap",
-        "64m",
-        "localhost/hx-busybox:test",
-        "sh",
-        "-c",
-        "dd if=/dev/zero of=/dev/null bs=128M count=1; exec sleep 1000",
-    ]);
+    let id = start_limited(at_start, "");
     let kill = common::wait_for_message(&mut socket, |message| {
         message["type"] == "OomKill" && message["target"]["id"] == id.as_str()
     })
