@@ -87,7 +87,7 @@ impl OomView {
         if let Some(target) = &kill.target {
             let key = target.name_key();
             if !self.by_name.contains_key(&key) && self.by_name.len() >= COUNTED_NAMES {
-                self.forget_oldest_name();
+                self.forget_a_name_not_recently_killed();
             }
             *self.by_name.entry(key).or_default() += 1;
         }
@@ -101,7 +101,7 @@ impl OomView {
 
     /// Drops the count of a name with no kill in the recent list (the first such
     /// in key order): names that keep being killed keep their counts.
-    fn forget_oldest_name(&mut self) {
+    fn forget_a_name_not_recently_killed(&mut self) {
         let recent: std::collections::HashSet<NameKey> = self
             .recent
             .iter()
